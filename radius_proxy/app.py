@@ -1,0 +1,124 @@
+"""Assembling a running proxy from a configuration: backends, pipeline, server, signals.
+
+`App` is what `radius-proxy serve` runs and what tests start in-process; `run` adds the
+signal handling of a foreground service (SIGTERM and SIGINT stop gracefully).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+import structlog
+
+from radius_proxy.config import Config
+from radius_proxy.pipeline.flow import Pipeline
+from radius_proxy.pipeline.ports import IdentitySource
+from radius_proxy.protocol.dictionary import load_dictionary
+from radius_proxy.server import RadiusServer
+from radius_proxy.state import StateStore
+from radius_proxy.state.memory import MemoryStore
+
+log = structlog.get_logger(__name__)
+
+#: How long SIGTERM lets requests in flight finish (a push may take its whole timeout).
+DEFAULT_GRACE_SECONDS = 60.0
+
+
+class App:
+    """One proxy: its backends, pipeline and server, started and stopped together."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._closers: list[Any] = []
+        self.server: RadiusServer | None = None
+        self.pipeline: Pipeline | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        dictionary = load_dictionary(config.server.dictionaries)
+        primary, ldap = await self._primary(dictionary)
+        identity = self._identity(ldap)
+        second_factor = self._second_factor()
+        store = self._store()
+        self.pipeline = Pipeline(config=config, primary=primary, identity=identity,
+                                 second_factor=second_factor, store=store)
+        self.server = RadiusServer(config, self.pipeline, dictionary)
+        await self.server.start()
+
+    async def _primary(self, dictionary: Any) -> tuple[Any, Any]:
+        backend = self.config.primary.backend
+        ldap = None
+        if backend == "ldap" or "ldap" in self.config.identity.sources:
+            from radius_proxy.backends.ldap_directory import LdapDirectory
+
+            ldap = self._closing(LdapDirectory(self.config.ldap))
+        if backend == "ldap":
+            return ldap, ldap
+        if backend == "radius":
+            from radius_proxy.backends.upstream_radius import UpstreamRadius
+
+            upstream = self._closing(UpstreamRadius(self.config.radius_upstream, dictionary))
+            await upstream.start()
+            return upstream, ldap
+        if backend == "file":
+            from radius_proxy.backends.users_file import UsersFile
+
+            return self._closing(UsersFile(self.config.users_file.path)), ldap
+        from radius_proxy.backends.users_file import NoPassword
+
+        return NoPassword(), ldap
+
+    def _identity(self, ldap: Any) -> list[IdentitySource]:
+        from radius_proxy.backends.identity import MappingFileSource, UsernameSource
+
+        sources: list[IdentitySource] = []
+        for name in self.config.identity.sources:
+            if name == "ldap":
+                sources.append(ldap)
+            elif name == "file":
+                sources.append(MappingFileSource(self.config.identity.mapping_file))
+            else:
+                sources.append(UsernameSource(self.config.identity.username_suffix))
+        return sources
+
+    def _second_factor(self) -> Any:
+        from radius_proxy.backends.secsign import SecSignClient
+
+        return self._closing(SecSignClient(self.config.secsign))
+
+    def _store(self) -> StateStore:
+        store = MemoryStore()
+        self._closers.append(store)
+        return store
+
+    def _closing(self, backend: Any) -> Any:
+        self._closers.append(backend)
+        return backend
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop receiving, let requests in flight finish within grace, then close backends."""
+        if self.server is not None:
+            await self.server.close(grace)
+        if self.pipeline is not None:
+            await self.pipeline.cancel_pushes()
+        for backend in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await backend.close()
+
+
+async def run(config: Config, grace: float = DEFAULT_GRACE_SECONDS) -> int:
+    """Run until SIGTERM or SIGINT; then finish the work in flight and exit 0."""
+    app = App(config)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping", in_flight=app.server.in_flight if app.server else 0)
+    await app.stop(grace)
+    log.info("stopped")
+    return 0

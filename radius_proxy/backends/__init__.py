@@ -1,0 +1,1 @@
+"""Backends: the real servers behind the pipeline's ports."""

@@ -1,0 +1,62 @@
+"""Password hashes for the users file: salted scrypt from the standard library.
+
+The format is `$scrypt$ln=<log2 N>,r=<r>,p=<p>$<salt>$<hash>` (Base64 without padding), the
+same shape passlib uses, so a hash says how to check itself and the cost can grow later
+without breaking old entries. Plain-text passwords are refused when the file is loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+
+LOG2_N = 14  # 16 MiB of memory and a few tens of milliseconds per check on a small core
+BLOCK_SIZE = 8
+PARALLELISM = 1
+_PATTERN = re.compile(r"^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)$")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(password: bytes, salt: bytes, ln: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password, salt=salt, n=1 << ln, r=r, p=p, dklen=32,
+                          maxmem=256 * 1024 * 1024)
+
+
+def hash_password(password: str | bytes, *, ln: int = LOG2_N) -> str:
+    """A new salted hash of the password, for `radius-proxy hash-password`."""
+    raw = password.encode("utf-8") if isinstance(password, str) else password
+    salt = os.urandom(16)
+    digest = _scrypt(raw, salt, ln, BLOCK_SIZE, PARALLELISM)
+    return f"$scrypt$ln={ln},r={BLOCK_SIZE},p={PARALLELISM}${_b64(salt)}${_b64(digest)}"
+
+
+def is_hash(text: str) -> bool:
+    """Whether text is a hash this module can check (anything else is refused as plain text)."""
+    m = _PATTERN.match(text)
+    return bool(m) and 10 <= int(m.group(1)) <= 20 if m else False
+
+
+def verify_password(password: bytes, stored: str) -> bool:
+    """Check a password against a stored hash in constant time; False for a bad hash."""
+    m = _PATTERN.match(stored)
+    if not m:
+        return False
+    ln, r, p = (int(m.group(i)) for i in (1, 2, 3))
+    if not 10 <= ln <= 20 or not 1 <= r <= 32 or not 1 <= p <= 16:
+        return False
+    digest = _scrypt(password, _unb64(m.group(4)), ln, r, p)
+    return hmac.compare_digest(digest, _unb64(m.group(5)))
+
+
+#: A hash of a random password, checked when a user is unknown so timing does not tell.
+DUMMY_HASH = hash_password(os.urandom(16).hex(), ln=LOG2_N)

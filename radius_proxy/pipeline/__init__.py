@@ -1,0 +1,1 @@
+"""The authentication pipeline: primary -> identity -> policy -> second factor -> reply."""

@@ -1,0 +1,252 @@
+"""The RADIUS server: asyncio UDP sockets, packet checks, the duplicate cache, replies.
+
+Order of work for each datagram (RFC 2865, 2869, 5080, 5997):
+1. the client table (unknown source: silently discarded);
+2. length and attribute sanity, code allowed on an authentication port;
+3. Message-Authenticator verified, required unless the client is marked legacy;
+4. Status-Server answered at once, never cached;
+5. the duplicate cache: a retransmit in flight is dropped, an answered one gets the cached
+   bytes, a new request becomes a task if `max_pending` allows;
+6. the pipeline decides, inside one fail-closed boundary; the reply leaves from the socket
+   the request came to, Message-Authenticator first, Proxy-State echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import typing
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pyrad import packet as rp
+from pyrad.dictionary import Dictionary
+
+from radius_proxy.config import ClientConfig, Config
+from radius_proxy.config_loader import parse_hostport
+from radius_proxy.errors import MalformedPacket
+from radius_proxy.log import RateLimiter
+from radius_proxy.pipeline.flow import ACCEPT, CHALLENGE, Decision, Pipeline
+from radius_proxy.pipeline.ports import Attributes, AuthRequest
+from radius_proxy.protocol import packet as pk
+from radius_proxy.protocol.clients import ClientTable
+from radius_proxy.protocol.dedup import DuplicateCache, Key, Seen
+
+log = structlog.get_logger(__name__)
+_CODES = {ACCEPT: pk.ACCESS_ACCEPT, CHALLENGE: pk.ACCESS_CHALLENGE}
+
+
+@dataclass(frozen=True, slots=True)
+class _Client:
+    config: ClientConfig
+    secret: bytes
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """One bound UDP socket; everything it receives goes to the server with its index."""
+
+    def __init__(self, server: RadiusServer, index: int) -> None:
+        self.server = server
+        self.index = index
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.server.datagram_received(self, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("socket_error", error=str(exc))
+
+
+class RadiusServer:
+    """Owns the sockets, the client table and the duplicate cache; the pipeline decides."""
+
+    def __init__(self, config: Config, pipeline: Pipeline, dictionary: Dictionary,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pipeline = pipeline
+        self.dictionary = dictionary
+        self.config = config
+        self.clients = ClientTable([(net, _Client(c, c.secret.encode()))
+                                    for c in config.clients for net in c.networks])
+        self.cache = DuplicateCache(config.server.reply_cache_seconds, clock)
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.endpoints: list[_Endpoint] = []
+        self.in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flood = RateLimiter(burst=5, period=60.0, clock=clock)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of each socket; port 0 in the config becomes the real one."""
+        out = []
+        for ep in self.endpoints:
+            assert ep.transport is not None
+            host, port = ep.transport.get_extra_info("sockname")[:2]
+            out.append((host, port))
+        return out
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for text in self.config.server.listen:
+            host, port = parse_hostport(text)
+            _, endpoint = await loop.create_datagram_endpoint(
+                lambda: _Endpoint(self, len(self.endpoints)), local_addr=(host, port))
+            self.endpoints.append(endpoint)
+        log.info("listening", addresses=[f"{h}:{p}" for h, p in self.addresses])
+
+    def stop_receiving(self) -> None:
+        """Close the sockets: no new requests (SIGTERM); tasks in flight go on."""
+        for ep in self.endpoints:
+            if ep.transport is not None:
+                ep.transport.close()
+
+    async def drain(self, grace: float) -> bool:
+        """Wait up to grace seconds for the requests in flight; True when all finished."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        return not pending
+
+    async def close(self, grace: float = 0.0) -> None:
+        self.stop_receiving()
+        if not await self.drain(grace):
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def datagram_received(self, endpoint: _Endpoint, data: bytes, addr: Any) -> None:
+        host, port = addr[0], addr[1]
+        client = self.clients.lookup(host)
+        if client is None:
+            self._drop(pk.DropReason.UNKNOWN_CLIENT, host)
+            return
+        try:
+            data = pk.check_structure(data)
+            if data[0] not in (pk.ACCESS_REQUEST, pk.STATUS_SERVER):
+                self._drop(pk.DropReason.UNSUPPORTED_CODE, host, code=data[0])
+                return
+            pkt = pk.decode_request(data, client.secret, self.dictionary)
+        except MalformedPacket as exc:
+            self._drop(pk.DropReason.MALFORMED, host, why=str(exc))
+            return
+        reason = pk.message_authenticator_drop(
+            pkt, require=client.config.require_message_authenticator,
+            limit_proxy_state=client.config.limit_proxy_state)
+        if reason is not None:
+            self._drop(reason, host, client=client.config.name)
+            return
+        if pkt.code == pk.STATUS_SERVER:
+            self._send(endpoint, pk.build_reply(pkt, pk.ACCESS_ACCEPT), addr)
+            return
+        self._access_request(endpoint, pkt, client, addr, (endpoint.index, host, port, pkt.id))
+
+    def _access_request(self, endpoint: _Endpoint, pkt: rp.AuthPacket, client: _Client,
+                        addr: Any, key: Key) -> None:
+        try:
+            attributes = pk.decoded_attributes(pkt)
+        except MalformedPacket as exc:
+            self._drop(pk.DropReason.MALFORMED, addr[0], why=str(exc))
+            return
+        seen = self.cache.arrive(key, pkt.authenticator)
+        if seen.seen is Seen.IN_FLIGHT:
+            self.drops[pk.DropReason.DUPLICATE_IN_FLIGHT.value] += 1
+            log.debug("duplicate_in_flight", client=client.config.name, id=pkt.id)
+            return
+        if seen.seen is Seen.ANSWERED:
+            assert seen.reply is not None
+            log.debug("duplicate_answered", client=client.config.name, id=pkt.id)
+            self._send(endpoint, seen.reply, addr)
+            return
+        if self.in_flight >= self.config.server.max_pending:
+            self.cache.abandon(key, pkt.authenticator)
+            self._drop(pk.DropReason.OVERLOAD, addr[0])
+            return
+        self.in_flight += 1
+        task = asyncio.create_task(self._answer(endpoint, pkt, attributes, client, addr, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- answering --------------------------------------------------------------------
+
+    async def _answer(self, endpoint: _Endpoint, pkt: rp.AuthPacket, attributes: Attributes,
+                      client: _Client, addr: Any, key: Key) -> None:
+        request_id = uuid.uuid4().hex[:16]
+        raw: bytes | None = None
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=request_id,
+                                                         client=client.config.name):
+                raw = await self._decide(pkt, attributes, client, addr, request_id)
+        except asyncio.CancelledError:
+            self.cache.abandon(key, pkt.authenticator)
+            raise
+        finally:
+            self.in_flight -= 1
+        if raw is None:
+            self.cache.abandon(key, pkt.authenticator)
+            return
+        self.cache.answered(key, pkt.authenticator, raw)
+        self._send(endpoint, raw, addr)
+
+    async def _decide(self, pkt: rp.AuthPacket, attributes: Attributes, client: _Client,
+                      addr: Any, request_id: str) -> bytes | None:
+        """The fail-closed boundary: any unexpected exception becomes an Access-Reject."""
+        try:
+            request = self._request(pkt, attributes, client, addr, request_id)
+            if isinstance(request, Decision):
+                decision = request
+                log.info("auth", outcome="reject", reason=decision.reason,
+                         client=client.config.name)
+            else:
+                decision = await self.pipeline.handle(request, client.config)
+            return pk.build_reply(pkt, _CODES.get(decision.outcome, pk.ACCESS_REJECT),
+                                  decision.attributes if decision.outcome != "reject" else ())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request_failed_closed")
+            try:
+                return pk.build_reply(pkt, pk.ACCESS_REJECT)
+            except Exception:
+                log.exception("reject_failed")
+                return None
+
+    def _request(self, pkt: rp.AuthPacket, attributes: Attributes, client: _Client, addr: Any,
+                 request_id: str) -> AuthRequest | Decision:
+        """The pipeline's view of a PAP Access-Request, or a reject for what we don't do."""
+        if pk.EAP_MESSAGE in pkt or pk.CHAP_PASSWORD in pkt:
+            return Decision("reject", "unsupported_authentication")
+        names = pkt.get(1)
+        hidden = pkt.get(pk.USER_PASSWORD)
+        if not names or not hidden:
+            return Decision("reject", "missing_user_name_or_password")
+        try:
+            username = names[0].decode("utf-8")
+        except UnicodeDecodeError:
+            return Decision("reject", "invalid_user_name")
+        state = pkt.get(pk.STATE)
+        return AuthRequest(
+            request_id=request_id, client=client.config.name, client_ip=addr[0],
+            username=username,
+            password=pk.unhide_password(hidden[0], client.secret, pkt.authenticator),
+            attributes=attributes, state=state[0] if state else None,
+        )
+
+    def _send(self, endpoint: _Endpoint, raw: bytes, addr: Any) -> None:
+        if endpoint.transport is not None and not endpoint.transport.is_closing():
+            endpoint.transport.sendto(raw, addr)
+
+    def _drop(self, reason: pk.DropReason, source: str, **fields: Any) -> None:
+        """Silently discard, count, and log at most a few lines a minute per source."""
+        self.drops[reason.value] += 1
+        allowed, suppressed = self._flood.allow(f"{reason.value}:{source}")
+        if allowed:
+            log.warning("packet_dropped", reason=reason.value, source=source,
+                        suppressed=suppressed, **fields)

@@ -1,0 +1,47 @@
+"""Shared state: challenge contexts, remembered logins and push counters.
+
+One interface, two stores: `memory` (one instance, the default) and `redis` (several
+instances sharing one truth). Every entry has an expiry, so nothing grows without bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeContext:
+    """What an Access-Challenge's State stands for, until the NAS answers it.
+
+    `kind` is "secsign" (our own challenge: the answer is Enter or a passcode) or
+    "upstream" (an upstream's challenge we relay: `upstream_state` is their State).
+    """
+
+    kind: str
+    client: str
+    username: str
+    secsign_id: str | None = None
+    upstream_state: bytes | None = None
+
+
+class StateStore(Protocol):
+    async def put_challenge(self, token: bytes, context: ChallengeContext, ttl: float) -> None:
+        """Keep a challenge context for ttl seconds."""
+        ...
+
+    async def take_challenge(self, token: bytes) -> ChallengeContext | None:
+        """Return and delete a context: a State is good for one answer only."""
+        ...
+
+    async def remember(self, key: str, ttl: float) -> None:
+        """Record a passed second factor for ttl seconds."""
+        ...
+
+    async def is_remembered(self, key: str) -> bool: ...
+
+    async def count_push(self, user: str, window: float) -> int:
+        """Record one push for user and return how many fall in the last window seconds."""
+        ...
+
+    async def close(self) -> None: ...
