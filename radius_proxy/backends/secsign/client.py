@@ -1,0 +1,411 @@
+"""The SecSign ID client: the pipeline's `SecondFactor`, on the legacy form API or REST v2.
+
+A push is: start a session -> sleep, poll, repeat -> a final state or our deadline -> on the
+deadline, or when the awaiting task is cancelled, withdraw the session at the ID server so
+the phone stops asking. Thousands of pushes wait at once, so waiting is a coroutine sleeping
+on the loop; only the HTTP exchanges leave it, into a `ThreadPoolExecutor` bounded by
+`secsign.max_connections` (requests blocks, and a blocked loop would stall every login).
+
+Outcomes are values (`PushResult`), never exceptions. The one distinction that needs care is
+UNREACHABLE versus FAILED: `failmode = "safe"` lets a user in with the password alone on
+UNREACHABLE, so UNREACHABLE means exactly "no ID server answered the start at all". Anything
+the server did say (an unknown ID, a refusal, nonsense, a failure after the push began) is a
+reject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import re
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import structlog
+
+from radius_proxy.backends.secsign.legacy import LegacyApi
+from radius_proxy.backends.secsign.replies import (
+    AuthSession,
+    Done,
+    Garbage,
+    Refused,
+    Reply,
+    SessionState,
+    Started,
+    StateReply,
+    Unavailable,
+    Verdict,
+    detail_of,
+    falls_back,
+    normalize_secsign_id,
+    outcome_for_state,
+    server_order,
+    state_name,
+)
+from radius_proxy.backends.secsign.rest import RestApi
+from radius_proxy.backends.secsign.transport import (
+    HttpRequest,
+    HttpResponse,
+    RequestsTransport,
+    Transport,
+    TransportError,
+)
+from radius_proxy.config import SecSignConfig
+from radius_proxy.pipeline.ports import PushOutcome, PushResult
+
+_log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+#: Poll rounds in a row without a usable answer from any server before a push FAILS.
+MAX_POLL_FAILURES = 3
+#: A server that failed is asked after the healthy ones for this long.
+SERVER_RETRY_SECONDS = 30.0
+#: Spread polls of pushes that started together, so they do not hit the server in waves.
+JITTER = 0.1
+#: Slack over the request timeout for the loop-side guard (DNS is outside requests' timeout).
+GUARD_SECONDS = 1.0
+PASSCODE = re.compile(r"[0-9]{4,10}")
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+Begun = tuple[AuthSession, StateReply] | PushResult
+
+
+class Dialect(Protocol):
+    """What the client needs of an API: request builders and answer readers (no I/O)."""
+
+    name: str
+
+    def start(self, server: str, secsign_id: str, service_name: str,
+              service_address: str) -> HttpRequest: ...
+    def state(self, server: str, session: AuthSession) -> HttpRequest: ...
+    def cancel(self, server: str, session: AuthSession) -> HttpRequest: ...
+    def read_start(self, response: HttpResponse) -> Reply: ...
+    def read_state(self, response: HttpResponse, session: AuthSession) -> Reply: ...
+    def read_cancel(self, response: HttpResponse) -> Reply: ...
+
+
+class SecSignClient:
+    """`SecondFactor` against the SecSign ID servers of `config`, tried in order.
+
+    `transport` replaces the HTTP layer in tests; by default requests is used, with TLS
+    verification always on (`ca_file` or the system CAs).
+    """
+
+    def __init__(self, config: SecSignConfig, *, transport: Transport | None = None) -> None:
+        self._config = config
+        self._servers = tuple(server.rstrip("/") for server in config.servers)
+        self._rest = RestApi(config)
+        self._api: Dialect = LegacyApi(config) if config.api == "legacy" else self._rest
+        self._owned: RequestsTransport | None = None
+        if transport is None:
+            transport = self._owned = RequestsTransport(config.ca_file)
+        self._transport = transport
+        self._timeout = config.request_timeout_seconds
+        self._executor = ThreadPoolExecutor(config.max_connections, thread_name_prefix="secsign")
+        self._slots = asyncio.Semaphore(config.max_connections)
+        self._down_until: dict[str, float] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._rng = random.Random()  # noqa: S311 (poll jitter, not a secret)
+        self._closing = self._closed = False
+        _warn_about(config, self._servers)
+
+    # -- the SecondFactor port ------------------------------------------------------------
+    async def push(self, secsign_id: str, service_name: str, service_address: str) -> PushResult:
+        """Send a push and wait for the phone, at most `push_timeout_seconds`."""
+        if self._closing:
+            return PushResult(PushOutcome.FAILED, "the SecSign ID client is closed")
+        asked = normalize_secsign_id(secsign_id)
+        if asked is None:
+            _log.warning("secsign.invalid_id", secsign_id=secsign_id[:80])
+            return PushResult(PushOutcome.UNKNOWN_ID, "not a valid SecSign ID")
+        name = service_name.strip() or self._config.plugin_name or "radius-proxy"
+        address = service_address.strip() or name
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.push_timeout_seconds
+        start = self._spawn(self._start(asked, name, address))
+        try:
+            async with asyncio.timeout_at(deadline):
+                begun = await asyncio.shield(start)
+                if isinstance(begun, PushResult):
+                    return _finished(asked, begun)
+                result = await self._wait(*begun)
+        except TimeoutError:
+            what = "the phone did not answer" if start.done() else "no ID server answered"
+            await self._withdraw(start)
+            return _finished(asked, PushResult(
+                PushOutcome.TIMEOUT,
+                f"{what} within {self._config.push_timeout_seconds:g} s"))
+        except asyncio.CancelledError:
+            _log.debug("secsign.push.abandoned", secsign_id=asked)
+            await self._withdraw(start)
+            raise
+        except Exception:  # a bug: withdraw the push, then let the server's boundary reject
+            await self._withdraw(start)
+            raise
+        if result.outcome is PushOutcome.FAILED:
+            await self._withdraw(start)
+        return _finished(asked, result)
+
+    async def verify_code(self, secsign_id: str, code: str) -> PushResult:
+        """Check a TOTP passcode at the ID server (REST only: the legacy API has no TOTP)."""
+        if self._closing:
+            return PushResult(PushOutcome.FAILED, "the SecSign ID client is closed")
+        asked = normalize_secsign_id(secsign_id)
+        if asked is None:
+            return PushResult(PushOutcome.UNKNOWN_ID, "not a valid SecSign ID")
+        if self._config.api == "legacy" and not self._config.pin_account:
+            return PushResult(PushOutcome.FAILED, "passcodes need the REST API")
+        digits = code.strip()
+        if not PASSCODE.fullmatch(digits):
+            return PushResult(PushOutcome.DENIED, "not a passcode")
+        rest = self._rest
+        try:
+            async with asyncio.timeout(self._config.push_timeout_seconds):
+                _, reply = await self._ask(lambda s: rest.verify(s, asked, digits),
+                                           rest.read_verify, idempotent=True, what="totp")
+        except TimeoutError:
+            return PushResult(PushOutcome.TIMEOUT, "no ID server answered the passcode check")
+        if isinstance(reply, Verdict):
+            _log.debug("secsign.passcode", secsign_id=asked, valid=reply.valid)
+            return PushResult(PushOutcome.APPROVED if reply.valid else PushOutcome.DENIED,
+                              "passcode valid" if reply.valid else "wrong passcode")
+        return _failure(asked, reply)
+
+    async def probe(self) -> bool:
+        """Whether some ID server gives any HTTP answer below 500 (for /readyz and test-user).
+
+        REST asks the harmless ServerInfo call; the legacy API has none, so its root is asked.
+        """
+        if self._closing:
+            return False
+        rest = self._rest
+
+        def build(server: str) -> HttpRequest:
+            if self._api is rest:
+                return rest.probe(server)
+            return HttpRequest("GET", server + "/")
+
+        _, reply = await self._ask(build, rest.read_probe, idempotent=True, what="probe")
+        return isinstance(reply, Done)
+
+    async def close(self) -> None:
+        """Let cancels in flight finish (bounded by the request timeout), then free threads
+        and connections. New pushes after this fail."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._background:
+            _, late = await asyncio.wait(set(self._background), timeout=self._timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        if self._owned is not None:
+            self._owned.close()
+
+    # -- a push, step by step ---------------------------------------------------------------
+    async def _start(self, asked: str, name: str, address: str) -> Begun:
+        api = self._api
+        server, reply = await self._ask(lambda s: api.start(s, asked, name, address),
+                                         api.read_start, idempotent=False, what="start")
+        if isinstance(reply, Started) and server is not None:
+            session = AuthSession(reply.session_id, reply.request_id, asked, server)
+            _log.debug("secsign.push.started", secsign_id=asked, server=server, api=api.name,
+                       authsessionid=reply.session_id)
+            state = SessionState.PENDING if reply.state is None else reply.state
+            return session, StateReply(state, reply.secsign_id)
+        return _failure(asked, reply)
+
+    async def _wait(self, session: AuthSession, reply: Reply) -> PushResult:
+        """Poll until a final state; MAX_POLL_FAILURES rounds without an answer FAIL the push."""
+        api = self._api
+        failures = 0
+        last: int | None = None
+        while True:
+            if isinstance(reply, StateReply):
+                failures = 0
+                verdict = _judge(session, reply, last)
+                if verdict is not None:
+                    return verdict
+                last = reply.state
+            elif isinstance(reply, Refused):
+                return _failure(session.secsign_id, reply)
+            else:
+                failures += 1
+                detail = detail_of(reply)
+                _log.debug("secsign.push.poll_failed", secsign_id=session.secsign_id,
+                           attempt=failures, error=detail)
+                if failures >= MAX_POLL_FAILURES:
+                    return PushResult(PushOutcome.FAILED,
+                                      f"the ID server failed during the push: {detail}")
+            await asyncio.sleep(self._interval())
+            _, reply = await self._ask(
+                lambda s: api.state(s, session), lambda r: api.read_state(r, session),
+                idempotent=True, first=session.server, what="state")
+
+    async def _withdraw(self, start: asyncio.Task[Begun]) -> None:
+        """Cancel the push's session at the ID server, whenever its start completes.
+
+        The cancel runs as its own task, so a second cancellation of the caller cannot stop
+        it (it is shielded); the caller waits for it at most one request timeout.
+        """
+        task = self._spawn(self._cancel_session(start))
+        await asyncio.wait({task}, timeout=self._timeout)
+
+    async def _cancel_session(self, start: asyncio.Task[Begun]) -> None:
+        try:
+            begun = await start
+        except Exception:  # the start itself broke; push() re-raises it
+            return
+        if isinstance(begun, PushResult):
+            return
+        session = begun[0]
+        api = self._api
+        _, reply = await self._ask(lambda s: api.cancel(s, session), api.read_cancel,
+                                   idempotent=True, first=session.server, what="cancel")
+        if isinstance(reply, Done):
+            _log.debug("secsign.push.cancelled", secsign_id=session.secsign_id,
+                       authsessionid=session.session_id)
+        else:
+            _log.warning("secsign.cancel_failed", secsign_id=session.secsign_id,
+                         error=detail_of(reply))
+
+    def _interval(self) -> float:
+        spread = self._rng.uniform(1 - JITTER, 1 + JITTER)
+        return float(self._config.poll_interval_seconds * spread)
+
+    # -- servers and HTTP ---------------------------------------------------------------------
+    async def _ask(
+        self,
+        build: Callable[[str], HttpRequest],
+        read: Callable[[HttpResponse], Reply],
+        *,
+        idempotent: bool,
+        what: str,
+        first: str | None = None,
+    ) -> tuple[str | None, Reply]:
+        """Ask the servers in order until one answers definitively (see `falls_back`).
+
+        When none does: Garbage if any answered nonsense, else Unavailable, with every
+        server's problem in the detail.
+        """
+        if not self._servers:  # never UNREACHABLE: failmode "safe" would let users in
+            return None, Refused(PushOutcome.FAILED, "no ID server configured")
+        problems: list[str] = []
+        nonsense = False
+        for server in server_order(self._servers, self._down_until, time.monotonic(), first):
+            if self._closed:
+                return None, Refused(PushOutcome.FAILED, "the SecSign ID client is closed")
+            try:
+                reply = read(await self._send(build(server)))
+            except TransportError as error:
+                reply = Unavailable(str(error))
+            if not falls_back(reply, idempotent):
+                self._healthy(server)
+                return server, reply
+            self._fall_back(server, reply, what)
+            problems.append(f"{server}: {detail_of(reply)}")
+            nonsense = nonsense or isinstance(reply, Garbage)
+        detail = "; ".join(problems)
+        return None, Garbage(detail) if nonsense else Unavailable(detail)
+
+    async def _send(self, request: HttpRequest) -> HttpResponse:
+        """One exchange on a worker thread. A slot is held until the thread is really done,
+        so at most `max_connections` exchanges run, even when a caller gave up waiting."""
+        loop = asyncio.get_running_loop()
+        await self._slots.acquire()
+        try:
+            future = loop.run_in_executor(self._executor, self._transport, request,
+                                          self._timeout)
+        except RuntimeError:  # the executor is shut down
+            self._slots.release()
+            raise TransportError("the SecSign ID client is closed") from None
+        future.add_done_callback(functools.partial(_settle, self._slots))
+        try:
+            async with asyncio.timeout(self._timeout + GUARD_SECONDS):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise TransportError(f"no answer within {self._timeout:g} s") from None
+
+    def _fall_back(self, server: str, reply: Reply, what: str) -> None:
+        now = time.monotonic()
+        was_up = self._down_until.get(server, 0.0) <= now
+        self._down_until[server] = now + SERVER_RETRY_SECONDS
+        event = "secsign.server_fallback"
+        detail = detail_of(reply)
+        if was_up:
+            _log.warning(event, server=server, request=what, error=detail)
+        else:
+            _log.debug(event, server=server, request=what, error=detail)
+
+    def _healthy(self, server: str) -> None:
+        if self._down_until.pop(server, None) is not None:
+            _log.info("secsign.server_up", server=server)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task the client keeps a reference to (and `close` waits for)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+
+def _judge(session: AuthSession, reply: StateReply, last: int | None) -> PushResult | None:
+    """A state reply's verdict, or None to keep polling; logs each state change once."""
+    reported = reply.secsign_id
+    if reported is not None and normalize_secsign_id(reported) != session.secsign_id:
+        _log.warning("secsign.push.wrong_id", secsign_id=session.secsign_id,
+                     reported=reported[:80], authsessionid=session.session_id)
+        return PushResult(PushOutcome.FAILED, "the ID server reported another SecSign ID")
+    if reply.state != last:
+        _log.debug("secsign.push.state", secsign_id=session.secsign_id,
+                   authsessionid=session.session_id, state=state_name(reply.state))
+    outcome = outcome_for_state(reply.state)
+    return None if outcome is None else PushResult(outcome, state_name(reply.state))
+
+
+def _failure(asked: str, reply: Reply) -> PushResult:
+    """A reply that is not the expected one, as an outcome, with the log line it deserves."""
+    if isinstance(reply, Unavailable):
+        _log.warning("secsign.unreachable", secsign_id=asked, error=reply.detail)
+        return PushResult(PushOutcome.UNREACHABLE, f"no ID server answered: {reply.detail}")
+    if isinstance(reply, Refused):
+        event = {PushOutcome.UNKNOWN_ID: "secsign.unknown_id",
+                 PushOutcome.FROZEN: "secsign.frozen"}.get(reply.outcome, "secsign.refused")
+        _log.warning(event, secsign_id=asked, detail=reply.detail)
+        return reply.result()
+    detail = detail_of(reply)
+    _log.warning("secsign.bad_answer", secsign_id=asked, error=detail)
+    return PushResult(PushOutcome.FAILED, f"the ID server answered nonsense: {detail}")
+
+
+def _finished(asked: str, result: PushResult) -> PushResult:
+    _log.debug("secsign.push.finished", secsign_id=asked, outcome=result.outcome.value,
+               detail=result.detail)
+    return result
+
+
+def _settle(slots: asyncio.Semaphore, future: asyncio.Future[HttpResponse]) -> None:
+    """Free the slot, and collect an error nobody waits for any more (no "never retrieved")."""
+    slots.release()
+    if not future.cancelled():
+        future.exception()
+
+
+def _warn_about(config: SecSignConfig, servers: tuple[str, ...]) -> None:
+    """Settings that work but are probably wrong, said once at start."""
+    for server in servers:
+        parts = urlsplit(server)
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+            _log.warning("secsign.insecure_server", server=server,
+                         fix="use https:// (plain http is for the local simulator)")
+    if config.api == "rest" and not config.pin_account:
+        _log.warning("secsign.no_pin_account", fix="set secsign.pin_account: REST needs it")
+
+
+__all__ = ["Dialect", "SecSignClient"]

@@ -1,0 +1,115 @@
+"""One HTTP exchange with an ID server, blocking, for a worker thread of the client's executor.
+
+The client never does HTTP on the event loop: it hands an `HttpRequest` to a `Transport`
+(a plain callable) inside a bounded `ThreadPoolExecutor`. Production uses
+`RequestsTransport`; tests hand in a fake callable and never open a socket.
+
+Why a `requests.Session` per worker thread rather than one shared session: requests does
+not promise that a `Session` is thread-safe, and a worker runs one exchange at a time, so a
+session per thread is safe by construction and still reuses its keep-alive connections. The
+number of connections is bounded by the number of workers (`secsign.max_connections`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from radius_proxy import __version__
+from radius_proxy.errors import BackendError
+
+#: An ID server's answers are a few hundred bytes; anything far bigger is not one.
+MAX_BODY_BYTES = 1024 * 1024
+USER_AGENT = f"radius-proxy/{__version__}"
+
+
+class TransportError(BackendError):
+    """No HTTP answer at all: refused, reset, TLS failure, timeout, an oversized body."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """What to send; `auth` (the PIN account) is kept out of repr so it never reaches a log."""
+
+    method: str
+    url: str
+    params: tuple[tuple[str, str], ...] = ()
+    form: tuple[tuple[str, str], ...] | None = None
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    body: bytes
+
+
+#: Send one request with a timeout in seconds; raise TransportError when nothing came back.
+Transport = Callable[[HttpRequest, float], HttpResponse]
+
+
+class RequestsTransport:
+    """`Transport` on requests: TLS always verified (system CAs or `ca_file`), no redirects,
+    no hidden retries (the client does its own fallback), bodies bounded."""
+
+    def __init__(self, ca_file: str = "") -> None:
+        self._verify: str | bool = ca_file or True
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sessions: list[requests.Session] = []
+
+    def __call__(self, request: HttpRequest, timeout: float) -> HttpResponse:
+        session = self._session()
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json, text/plain"}
+        try:
+            with session.request(
+                request.method,
+                request.url,
+                params=list(request.params) or None,
+                data=list(request.form) if request.form is not None else None,
+                auth=request.auth,
+                headers=headers,
+                timeout=timeout,
+                verify=self._verify,
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                return HttpResponse(response.status_code, _read_bounded(response))
+        except requests.RequestException as error:
+            # The class name says enough (ConnectTimeout, SSLError...); requests' messages
+            # are long and carry the whole URL.
+            raise TransportError(type(error).__name__) from error
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=2, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        """Close every thread's connections; call once no request is in flight."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+
+
+def _read_bounded(response: requests.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=16 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TransportError(f"answer larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
