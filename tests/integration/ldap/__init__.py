@@ -1,0 +1,1 @@
+"""The LDAP backend against real directories: OpenLDAP slapd and Samba AD."""
