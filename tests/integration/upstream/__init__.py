@@ -1,0 +1,1 @@
+"""Upstream RADIUS as the password check, against real FreeRADIUS."""
