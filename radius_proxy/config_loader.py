@@ -9,9 +9,11 @@ ends before the NAS gives up, a backend section for the chosen backend).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import string
 import tomllib
@@ -65,6 +67,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except OSError as exc:
         raise ConfigError([Problem(file, "-", f"cannot read the file: {exc.strerror}",
                                    "check the path and its permissions")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(file, "-", "not UTF-8 text",
+                                   "save the file as UTF-8")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(file, "-", f"not valid TOML: {exc}",
                                    "correct the syntax at the position shown")]) from None
@@ -165,6 +170,9 @@ def _scalar(hint: Any, raw: Any, where: str, col: _Collector) -> Any:
         col.add(where, f"must be {name}, not {_describe(raw)}", f"write {where.rsplit('.', 1)[-1]}"
                 f" as {name}")
         return None
+    if hint is float and math.isnan(typing.cast(float, raw)):
+        col.add(where, "nan is not a number", "write an ordinary number")
+        return None
     return float(typing.cast(float, raw)) if hint is float else raw
 
 
@@ -196,12 +204,12 @@ def _secret(raw: Any, where: str, col: _Collector, from_file: bool) -> Secret | 
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-        col.add(where + "_file", f"cannot read {path}: {reason}",
+        col.add(where, f"cannot read {path}: {reason}",
                 "create the file with the secret on one line, readable by the proxy's user")
         return None
     value = text.rstrip("\r\n")
     if not value:
-        col.add(where + "_file", f"{path} is empty", "write the secret into the file")
+        col.add(where, f"{path} is empty", "write the secret into the file")
         return None
     return Secret(value)
 
@@ -233,8 +241,12 @@ def _check_rules(c: Config, col: _Collector) -> None:
                 'use backend = "memory"')
 
 
-def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split "host:port" or "[v6]:port"; raises ValueError with a readable message."""
+def parse_hostport(text: str, default_port: int | None = None,
+                   allow_zero: bool = False) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port"; raises ValueError with a readable message.
+
+    Port 0 (a free port, for tests) is allowed only where we listen.
+    """
     host, sep, port = text.rpartition(":")
     if text.startswith("[") and "]" in text:
         host, _, rest = text[1:].partition("]")
@@ -248,7 +260,7 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         if default_port is None:
             raise ValueError(f'"{text}" has no port')
         return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not port.isdigit() or not (0 if allow_zero else 1) <= int(port) < 65536:
         raise ValueError(f'"{text}" has an invalid port')
     return host, int(port)
 
@@ -258,14 +270,14 @@ def _check_listen(c: Config, col: _Collector) -> None:
         col.add("server.listen", "is empty", 'add an address, e.g. ["127.0.0.1:1812"]')
     for addr in c.server.listen:
         try:
-            host, _ = parse_hostport(addr)
+            host, _ = parse_hostport(addr, allow_zero=True)
             ipaddress.ip_address(host)
         except ValueError as exc:
             col.add("server.listen", f"{exc}: need an IP address and a port",
                     'write "127.0.0.1:1812" or "[::1]:1812"')
     if c.http.listen:
         try:
-            host, _ = parse_hostport(c.http.listen)
+            host, _ = parse_hostport(c.http.listen, allow_zero=True)
             ipaddress.ip_address(host)
         except ValueError as exc:
             col.add("http.listen", str(exc), 'write "127.0.0.1:9812", or "" to disable')
@@ -318,6 +330,11 @@ def _check_template(template: str, key: str, col: _Collector) -> None:
         if not name.isidentifier():
             col.add(key, f'"{{{name}}}" is not a placeholder name',
                     "use attribute names in snake_case, e.g. {nas_identifier}")
+            return
+    try:
+        string.Formatter().vformat(template, (), collections.defaultdict(str))
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        col.add(key, f"cannot be filled: {exc}", "use plain {name} placeholders")
 
 
 def _check_backends(c: Config, col: _Collector) -> None:
@@ -373,7 +390,12 @@ def _check_secsign(c: Config, col: _Collector) -> None:
         col.add("secsign.pin_password", "the PIN account has no password",
                 'add pin_password_file = "/etc/radius-proxy/secrets/secsign"')
     for url in c.secsign.servers:
-        host = urllib.parse.urlsplit(url).hostname or ""
+        try:
+            host = urllib.parse.urlsplit(url).hostname or ""
+        except ValueError:
+            col.add("secsign.servers", f'"{url}" is not a valid URL',
+                    'write "https://httpapi.secsign.com"')
+            continue
         if url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
             col.add("secsign.servers", f'"{url}" is plain HTTP to a remote host',
                     "use https:// (plain http is allowed only on loopback, for the simulator)")
@@ -388,7 +410,8 @@ def _check_policy(c: Config, col: _Collector) -> None:
         if len(text.encode("utf-8")) > MAX_REPLY_MESSAGE - 80 * c.policy.show_secsign_id:
             col.add(f"policy.messages.{name}", "is too long for one Reply-Message",
                     f"keep it under {MAX_REPLY_MESSAGE} bytes (minus 80 with show_secsign_id)")
-    overlap = set(c.policy.require_2fa_groups) & set(c.policy.bypass_2fa_groups)
+    overlap = {g.casefold() for g in c.policy.require_2fa_groups} & \
+        {g.casefold() for g in c.policy.bypass_2fa_groups}
     if overlap:
         col.add("policy.bypass_2fa_groups", f"{sorted(overlap)} also require 2FA",
                 "list a group in require_2fa_groups or bypass_2fa_groups, not both")

@@ -94,7 +94,7 @@ class RadiusServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for text in self.config.server.listen:
-            host, port = parse_hostport(text)
+            host, port = parse_hostport(text, allow_zero=True)
             _, endpoint = await loop.create_datagram_endpoint(
                 lambda: _Endpoint(self, len(self.endpoints)), local_addr=(host, port))
             self.endpoints.append(endpoint)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support import require_binary, require_file
 
@@ -122,3 +124,47 @@ def pam_service(workdir: Path, servers: Sequence[tuple[str, str, int]],
         yield PamService(name, conf)
     finally:
         service.unlink(missing_ok=True)
+
+
+def build_request(secret: str, user: str, password: str, *, message_authenticator: bool = True,
+                  proxy_states: Sequence[bytes] = (), identifier: int = 7,
+                  extra: Sequence[tuple[str, object]] = ()) -> tuple[bytes, Any]:
+    """Raw Access-Request bytes built with pyrad (and the packet, to verify the reply)."""
+    from pyrad import packet as rp
+
+    from radius_proxy.protocol.dictionary import load_dictionary
+    from radius_proxy.protocol.packet import hide_password
+
+    pkt = rp.AuthPacket(id=identifier, secret=secret.encode(), dict=load_dictionary(()),
+                        authenticator=rp.Packet.CreateAuthenticator())
+    if message_authenticator:
+        pkt.add_message_authenticator()
+    pkt["User-Name"] = user
+    pkt[2] = [hide_password(password.encode(), secret.encode(), pkt.authenticator)]
+    pkt["NAS-Identifier"] = "pytest-nas"
+    for name, value in extra:
+        pkt.AddAttribute(name, value)
+    if proxy_states:
+        pkt[33] = list(proxy_states)
+    return pkt.RequestPacket(), pkt
+
+
+def udp_exchange(address: tuple[str, int], data: bytes, timeout: float = 2.0,
+                 source: str | None = None, sock: socket.socket | None = None) -> bytes | None:
+    """Send one datagram and return the first datagram back, or None after timeout."""
+    own = sock is None
+    if sock is None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if source:
+            sock.bind((source, 0))
+    try:
+        sock.settimeout(timeout)
+        sock.sendto(data, address)
+        try:
+            return sock.recvfrom(8192)[0]
+        except TimeoutError:
+            return None
+    finally:
+        if own:
+            sock.close()
