@@ -27,6 +27,7 @@ from radius_proxy.pipeline.ports import (
     PrimaryAuthenticator,
     PrimaryOutcome,
     PrimaryResult,
+    PushOutcome,
     PushResult,
     SecondFactor,
 )
@@ -38,7 +39,19 @@ log = structlog.get_logger(__name__)
 
 ACCEPT, REJECT, CHALLENGE = "accept", "reject", "challenge"
 MAX_REPLY_MESSAGE = 253
-PushKey = tuple[str, str, str]
+RATE_LIMITED = "rate_limited"
+#: How long a finished push's outcome stays readable for requests that joined it.
+SHARED_OUTCOME_SECONDS = 30.0
+
+
+def _shared_result(outcome: str | None) -> PushResult | None:
+    """Another instance's published outcome as a result; None when it was rate limited."""
+    if outcome == RATE_LIMITED:
+        return None
+    try:
+        return PushResult(PushOutcome(outcome), "joined another instance's push")
+    except ValueError:
+        return PushResult(PushOutcome.FAILED, "no outcome from the instance that ran the push")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +94,7 @@ class Pipeline:
         self.second_factor = second_factor
         self.store = store
         self._clock = clock
-        self._pending: dict[PushKey, asyncio.Task[PushResult]] = {}
+        self._pending: dict[str, asyncio.Task[PushResult | None]] = {}
 
     @property
     def pending_pushes(self) -> int:
@@ -225,14 +238,16 @@ class Pipeline:
 
     async def _push(self, request: AuthRequest, client: ClientConfig, primary: PrimaryResult,
                     secsign_id: str, trace: _Trace) -> Decision:
-        """Start a push, or join the one pending for this user, NAS and station."""
-        key = (request.username, client.name, str(request.first("Calling-Station-Id") or ""))
+        """Start a push, or join the one pending for this user, NAS and station.
+
+        A retransmit with a new ID (pam_radius after a timeout, or a NAS failing over to
+        another instance) must not start a second push: the ID server would suspend the
+        first, and the user would be asked twice.
+        """
+        key = self._remember_key(request, client)
         task = self._pending.get(key)
         if task is None:
-            if await self._over_limit(request.username):
-                return Decision(REJECT, "rate_limited")
-            name, address = self._service_texts(request, client)
-            task = asyncio.create_task(self.second_factor.push(secsign_id, name, address))
+            task = asyncio.create_task(self._lead_or_follow(key, request, client, secsign_id))
             self._pending[key] = task
             task.add_done_callback(lambda t: self._forget_push(key, t))
         else:
@@ -240,9 +255,34 @@ class Pipeline:
         t0 = self._clock()
         result = await asyncio.shield(task)
         trace.second_factor_ms = (self._clock() - t0) * 1000
+        if result is None:
+            return Decision(REJECT, "rate_limited")
         trace.notes["push_detail"] = result.detail
         verdict = pol.push_verdict(result.outcome, self.config.policy.failmode)
         return await self._after_second_factor(request, client, primary, verdict)
+
+    async def _lead_or_follow(self, key: str, request: AuthRequest, client: ClientConfig,
+                              secsign_id: str) -> PushResult | None:
+        """Run the push when this instance wins the claim, else wait for the winner's outcome.
+
+        None means the push limit refused it.
+        """
+        secsign = self.config.secsign
+        ttl = secsign.push_timeout_seconds + secsign.request_timeout_seconds + 5
+        if not await self.store.claim_push(key, ttl):
+            log.info("push_joined_other_instance", username=request.username)
+            return _shared_result(await self.store.wait_push(key, ttl))
+        outcome = PushOutcome.FAILED.value
+        try:
+            if await self._over_limit(request.username):
+                outcome = RATE_LIMITED
+                return None
+            name, address = self._service_texts(request, client)
+            result = await self.second_factor.push(secsign_id, name, address)
+            outcome = result.outcome.value
+            return result
+        finally:
+            await asyncio.shield(self.store.finish_push(key, outcome, SHARED_OUTCOME_SECONDS))
 
     async def _after_second_factor(self, request: AuthRequest, client: ClientConfig,
                                    primary: PrimaryResult, verdict: pol.Verdict) -> Decision:
@@ -270,7 +310,7 @@ class Pipeline:
         count = await self.store.count_push(username, policy.push_window_minutes * 60)
         return count > policy.max_pushes_per_user
 
-    def _forget_push(self, key: PushKey, task: asyncio.Task[PushResult]) -> None:
+    def _forget_push(self, key: str, task: asyncio.Task[PushResult | None]) -> None:
         if self._pending.get(key) is task:
             del self._pending[key]
 

@@ -44,4 +44,20 @@ class StateStore(Protocol):
         """Record one push for user and return how many fall in the last window seconds."""
         ...
 
+    async def claim_push(self, key: str, ttl: float) -> bool:
+        """Become the one instance that runs the push for key (user, NAS, station).
+
+        False when another instance holds the claim: then `wait_push` waits for its outcome
+        instead of starting a second push (the ID server would suspend the first).
+        """
+        ...
+
+    async def finish_push(self, key: str, outcome: str, ttl: float) -> None:
+        """Publish the outcome of the claimed push and release the claim."""
+        ...
+
+    async def wait_push(self, key: str, wait_seconds: float) -> str | None:
+        """The outcome another instance publishes for key, or None after wait_seconds."""
+        ...
+
     async def close(self) -> None: ...

@@ -6,6 +6,7 @@ written, so an idle proxy and a busy one both stay small.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +22,9 @@ class MemoryStore:
         self._challenges: dict[bytes, tuple[float, ChallengeContext]] = {}
         self._remembered: dict[str, float] = {}
         self._pushes: dict[str, deque[float]] = {}
+        self._claims: dict[str, float] = {}
+        self._outcomes: dict[str, tuple[float, str]] = {}
+        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._writes = 0
 
     async def put_challenge(self, token: bytes, context: ChallengeContext, ttl: float) -> None:
@@ -50,6 +54,40 @@ class MemoryStore:
         self._wrote()
         return len(times)
 
+    async def claim_push(self, key: str, ttl: float) -> bool:
+        now = self._clock()
+        if self._claims.get(key, 0.0) > now:
+            return False
+        self._claims[key] = now + ttl
+        self._outcomes.pop(key, None)
+        self._wrote()
+        return True
+
+    async def finish_push(self, key: str, outcome: str, ttl: float) -> None:
+        self._claims.pop(key, None)
+        self._outcomes[key] = (self._clock() + ttl, outcome)
+        for waiter in self._waiters.pop(key, []):
+            if not waiter.done():
+                waiter.set_result(outcome)
+        self._wrote()
+
+    async def wait_push(self, key: str, wait_seconds: float) -> str | None:
+        done = self._outcomes.get(key)
+        if done is not None and done[0] > self._clock():
+            return done[1]
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, wait_seconds)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[key]
+
     async def close(self) -> None:
         return None
 
@@ -61,5 +99,7 @@ class MemoryStore:
         now = self._clock()
         self._challenges = {k: v for k, v in self._challenges.items() if v[0] > now}
         self._remembered = {k: v for k, v in self._remembered.items() if v > now}
+        self._claims = {k: v for k, v in self._claims.items() if v > now}
+        self._outcomes = {k: v for k, v in self._outcomes.items() if v[0] > now}
         horizon = 24 * 3600.0
         self._pushes = {k: v for k, v in self._pushes.items() if v and v[-1] > now - horizon}
