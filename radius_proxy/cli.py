@@ -90,7 +90,13 @@ def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(config.logging.format, config.logging.level)
+    lc = config.logging
+    try:
+        setup_logging(lc.format, lc.level, destination=lc.destination, file=lc.file,
+                      facility=lc.syslog_facility)
+    except OSError as exc:
+        print(f"radius-proxy: cannot open the log: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     from radius_proxy.app import run
 
     try:

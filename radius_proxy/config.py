@@ -306,6 +306,18 @@ class LoggingConfig:
         metadata=doc("least severe level written", choices=("debug", "info", "warning",
                                                             "error")),
     )
+    destination: str = field(
+        default="stdout",
+        metadata=doc("where log lines go", choices=("stdout", "file", "syslog")),
+    )
+    file: str = field(default="", metadata=doc('the log file for destination "file"',
+                                               path=True))
+    syslog_facility: str = field(
+        default="daemon",
+        metadata=doc("syslog facility for destination \"syslog\"",
+                     choices=("daemon", "auth", "authpriv", "user", "local0", "local1",
+                              "local2", "local3", "local4", "local5", "local6", "local7")),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

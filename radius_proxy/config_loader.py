@@ -236,6 +236,9 @@ def _check_rules(c: Config, col: _Collector) -> None:
     _check_clients(c, col)
     _check_backends(c, col)
     _check_policy(c, col)
+    if c.logging.destination == "file" and not c.logging.file:
+        col.add("logging.file", 'destination "file" needs a file',
+                'add file = "/var/log/radius-proxy/radius-proxy.log"')
     if c.state.backend == "redis":
         col.add("state.backend", "the redis store is not available in this version",
                 'use backend = "memory"')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import syslog
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
@@ -26,8 +27,32 @@ def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
-def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog once per process (the CLI calls it before anything logs)."""
+class SyslogLogger:
+    """A structlog logger that hands each rendered line to the local syslog daemon."""
+
+    _PRIORITIES = {"debug": syslog.LOG_DEBUG, "info": syslog.LOG_INFO,
+                   "warning": syslog.LOG_WARNING, "error": syslog.LOG_ERR,
+                   "critical": syslog.LOG_CRIT, "exception": syslog.LOG_ERR}
+
+    def __init__(self, facility: str) -> None:
+        syslog.openlog("radius-proxy", syslog.LOG_PID,
+                       getattr(syslog, f"LOG_{facility.upper()}"))
+
+    def _send(self, level: str, message: str) -> None:
+        syslog.syslog(self._PRIORITIES.get(level, syslog.LOG_INFO), message)
+
+    def __getattr__(self, level: str) -> Callable[[str], None]:
+        return lambda message: self._send(level, message)
+
+
+def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None,
+                  destination: str = "stdout", file: str = "",
+                  facility: str = "daemon") -> None:
+    """Configure structlog once per process (the CLI calls it before anything logs).
+
+    Destinations are those of the SecSign PAM module: standard output (for systemd's
+    journal and containers), a file, or syslog.
+    """
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
@@ -40,11 +65,20 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=_factory(destination, stream, file, facility),
         cache_logger_on_first_use=False,
     )
     # pyrad logs packets as hex at DEBUG, hidden passwords included: keep it quiet.
     logging.getLogger("pyrad").setLevel(logging.WARNING)
+
+
+def _factory(destination: str, stream: TextIO | None, file: str, facility: str) -> Any:
+    if destination == "syslog":
+        logger = SyslogLogger(facility)
+        return lambda *args: logger
+    if destination == "file":
+        return structlog.WriteLoggerFactory(open(file, "a", encoding="utf-8"))
+    return structlog.PrintLoggerFactory(stream or sys.stdout)
 
 
 class RateLimiter:

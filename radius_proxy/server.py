@@ -30,6 +30,7 @@ from radius_proxy.config import ClientConfig, Config
 from radius_proxy.config_loader import parse_hostport
 from radius_proxy.errors import MalformedPacket
 from radius_proxy.log import RateLimiter
+from radius_proxy.metrics import METRICS
 from radius_proxy.pipeline.flow import ACCEPT, CHALLENGE, Decision, Pipeline
 from radius_proxy.pipeline.ports import Attributes, AuthRequest
 from radius_proxy.protocol import packet as pk
@@ -158,6 +159,7 @@ class RadiusServer:
         seen = self.cache.arrive(key, pkt.authenticator)
         if seen.seen is Seen.IN_FLIGHT:
             self.drops[pk.DropReason.DUPLICATE_IN_FLIGHT.value] += 1
+            METRICS.dropped.labels(pk.DropReason.DUPLICATE_IN_FLIGHT.value).inc()
             log.debug("duplicate_in_flight", client=client.config.name, id=pkt.id)
             return
         if seen.seen is Seen.ANSWERED:
@@ -170,6 +172,7 @@ class RadiusServer:
             self._drop(pk.DropReason.OVERLOAD, addr[0])
             return
         self.in_flight += 1
+        METRICS.in_flight.inc()
         task = asyncio.create_task(self._answer(endpoint, pkt, attributes, client, addr, key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -189,6 +192,7 @@ class RadiusServer:
             raise
         finally:
             self.in_flight -= 1
+            METRICS.in_flight.dec()
         if raw is None:
             self.cache.abandon(key, pkt.authenticator)
             return
@@ -206,12 +210,14 @@ class RadiusServer:
                          client=client.config.name)
             else:
                 decision = await self.pipeline.handle(request, client.config)
+            METRICS.requests.labels(client.config.name, decision.outcome, decision.reason).inc()
             return pk.build_reply(pkt, _CODES.get(decision.outcome, pk.ACCESS_REJECT),
                                   decision.attributes if decision.outcome != "reject" else ())
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("request_failed_closed")
+            METRICS.requests.labels(client.config.name, "reject", "internal_error").inc()
             try:
                 return pk.build_reply(pkt, pk.ACCESS_REJECT)
             except Exception:
@@ -246,6 +252,7 @@ class RadiusServer:
     def _drop(self, reason: pk.DropReason, source: str, **fields: Any) -> None:
         """Silently discard, count, and log at most a few lines a minute per source."""
         self.drops[reason.value] += 1
+        METRICS.dropped.labels(reason.value).inc()
         allowed, suppressed = self._flood.allow(f"{reason.value}:{source}")
         if allowed:
             log.warning("packet_dropped", reason=reason.value, source=source,

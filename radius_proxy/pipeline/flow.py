@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from radius_proxy.config import ClientConfig, Config
+from radius_proxy.metrics import METRICS
 from radius_proxy.pipeline import policy as pol
 from radius_proxy.pipeline.ports import (
     AttrValue,
@@ -278,7 +279,9 @@ class Pipeline:
                 outcome = RATE_LIMITED
                 return None
             name, address = self._service_texts(request, client)
+            started = self._clock()
             result = await self.second_factor.push(secsign_id, name, address)
+            METRICS.push_seconds.observe(self._clock() - started)
             outcome = result.outcome.value
             return result
         finally:

@@ -1,0 +1,38 @@
+"""Prometheus metrics, with the names of PRODUCT.md section 6.
+
+One registry per process (`METRICS`), so the server, the pipeline and the backends count
+into the same place and `/metrics` shows it. Label values are bounded: client names come
+from the configuration, reasons and outcomes from fixed vocabularies, servers from the
+configuration.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The proxy's metrics on their own registry (tests make a fresh one each)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "radius_proxy_requests", "Finished Access-Requests",
+            ["client", "outcome", "reason"], registry=self.registry)
+        self.in_flight = Gauge(
+            "radius_proxy_in_flight", "Authentications in flight", registry=self.registry)
+        self.push_seconds = Histogram(
+            "radius_proxy_push_seconds", "Time from push start to the phone's answer",
+            buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90), registry=self.registry)
+        self.dropped = Counter(
+            "radius_proxy_dropped", "Packets silently discarded", ["reason"],
+            registry=self.registry)
+        self.backend_errors = Counter(
+            "radius_proxy_backend_errors", "Failed calls to a backend", ["backend"],
+            registry=self.registry)
+        self.backend_up = Gauge(
+            "radius_proxy_backend_up", "1 when the backend server answers", ["backend", "server"],
+            registry=self.registry)
+
+
+METRICS = Metrics()
