@@ -14,6 +14,8 @@ from typing import Any
 import structlog
 
 from radius_proxy.config import Config
+from radius_proxy.config_loader import load_config
+from radius_proxy.errors import ConfigError
 from radius_proxy.pipeline.flow import Pipeline
 from radius_proxy.pipeline.ports import IdentitySource
 from radius_proxy.protocol.dictionary import load_dictionary
@@ -25,6 +27,9 @@ log = structlog.get_logger(__name__)
 
 #: How long SIGTERM lets requests in flight finish (a push may take its whole timeout).
 DEFAULT_GRACE_SECONDS = 60.0
+#: Sections whose change takes a restart; SIGHUP applies clients, secrets and policy.
+_RESTART_SECTIONS = ("server", "primary", "ldap", "radius_upstream", "users_file", "identity",
+                     "secsign", "state", "logging", "http")
 
 
 class App:
@@ -94,6 +99,22 @@ class App:
         self._closers.append(store)
         return store
 
+    def reload(self, config: Config) -> list[str]:
+        """Apply a new configuration's clients, secrets and policy; return what needs a restart.
+
+        Backends, listen addresses and the state store are kept: changing them takes a
+        restart, and the returned section names say so in the log.
+        """
+        assert self.server is not None
+        assert self.pipeline is not None
+        kept = [name for name in _RESTART_SECTIONS
+                if getattr(config, name) != getattr(self.config, name)]
+        pipeline = self.pipeline.with_config(config)
+        self.server.reconfigure(config, pipeline)
+        self.pipeline = pipeline
+        self.config = config
+        return kept
+
     def _closing(self, backend: Any) -> Any:
         self._closers.append(backend)
         return backend
@@ -109,6 +130,18 @@ class App:
                 await backend.close()
 
 
+def _reload(app: App) -> None:
+    """SIGHUP: read the file again; a broken file keeps the running configuration."""
+    try:
+        config = load_config(app.config.source)
+    except ConfigError as exc:
+        log.error("reload_refused", problems=[str(p) for p in exc.problems],
+                  hint="the running configuration stays in force; fix the file and send SIGHUP")
+        return
+    needs_restart = app.reload(config)
+    log.info("reloaded", clients=len(config.clients), needs_restart=needs_restart)
+
+
 async def run(config: Config, grace: float = DEFAULT_GRACE_SECONDS) -> int:
     """Run until SIGTERM or SIGINT; then finish the work in flight and exit 0."""
     app = App(config)
@@ -117,6 +150,7 @@ async def run(config: Config, grace: float = DEFAULT_GRACE_SECONDS) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, app)
     await stop.wait()
     log.info("stopping", in_flight=app.server.in_flight if app.server else 0)
     await app.stop(grace)

@@ -47,6 +47,11 @@ class _Client:
     secret: bytes
 
 
+def _client_table(config: Config) -> ClientTable[_Client]:
+    return ClientTable([(net, _Client(c, c.secret.encode()))
+                        for c in config.clients for net in c.networks])
+
+
 class _Endpoint(asyncio.DatagramProtocol):
     """One bound UDP socket; everything it receives goes to the server with its index."""
 
@@ -73,14 +78,23 @@ class RadiusServer:
         self.pipeline = pipeline
         self.dictionary = dictionary
         self.config = config
-        self.clients = ClientTable([(net, _Client(c, c.secret.encode()))
-                                    for c in config.clients for net in c.networks])
+        self.clients = _client_table(config)
         self.cache = DuplicateCache(config.server.reply_cache_seconds, clock)
         self.drops: collections.Counter[str] = collections.Counter()
         self.endpoints: list[_Endpoint] = []
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._flood = RateLimiter(burst=5, period=60.0, clock=clock)
+
+    def reconfigure(self, config: Config, pipeline: Pipeline) -> None:
+        """Swap clients, secrets and pipeline in one step (SIGHUP).
+
+        Nothing awaits in between, so every datagram sees either the old or the new
+        configuration; requests in flight finish with the objects they started with.
+        """
+        self.clients = _client_table(config)
+        self.config = config
+        self.pipeline = pipeline
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

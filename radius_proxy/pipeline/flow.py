@@ -97,6 +97,16 @@ class Pipeline:
         self._clock = clock
         self._pending: dict[str, asyncio.Task[PushResult | None]] = {}
 
+    def with_config(self, config: Config) -> Pipeline:
+        """A pipeline on the same backends and store with new policy (reload).
+
+        Pushes pending in this pipeline stay joinable: the new one shares their table.
+        """
+        new = Pipeline(config=config, primary=self.primary, identity=self.identity,
+                       second_factor=self.second_factor, store=self.store, clock=self._clock)
+        new._pending = self._pending
+        return new
+
     @property
     def pending_pushes(self) -> int:
         return len(self._pending)
