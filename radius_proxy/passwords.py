@@ -27,9 +27,12 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
+MAX_MEM = 256 * 1024 * 1024
+
+
 def _scrypt(password: bytes, salt: bytes, ln: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(password, salt=salt, n=1 << ln, r=r, p=p, dklen=32,
-                          maxmem=256 * 1024 * 1024)
+                          maxmem=MAX_MEM + 1024 * 1024)
 
 
 def hash_password(password: str | bytes, *, ln: int = LOG2_N) -> str:
@@ -40,22 +43,37 @@ def hash_password(password: str | bytes, *, ln: int = LOG2_N) -> str:
     return f"$scrypt$ln={ln},r={BLOCK_SIZE},p={PARALLELISM}${_b64(salt)}${_b64(digest)}"
 
 
+def _parse(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """The parameters of a stored hash, or None when it is not one this module can check."""
+    m = _PATTERN.match(stored)
+    if not m:
+        return None
+    ln, r, p = (int(m.group(i)) for i in (1, 2, 3))
+    if not (10 <= ln <= 20 and 1 <= r <= 32 and 1 <= p <= 16) or 128 * r * (1 << ln) > MAX_MEM:
+        return None
+    try:
+        salt, digest = _unb64(m.group(4)), _unb64(m.group(5))
+    except ValueError:  # binascii.Error is a ValueError
+        return None
+    return ln, r, p, salt, digest
+
+
 def is_hash(text: str) -> bool:
     """Whether text is a hash this module can check (anything else is refused as plain text)."""
-    m = _PATTERN.match(text)
-    return bool(m) and 10 <= int(m.group(1)) <= 20 if m else False
+    return _parse(text) is not None
 
 
 def verify_password(password: bytes, stored: str) -> bool:
     """Check a password against a stored hash in constant time; False for a bad hash."""
-    m = _PATTERN.match(stored)
-    if not m:
+    parsed = _parse(stored)
+    if parsed is None:
         return False
-    ln, r, p = (int(m.group(i)) for i in (1, 2, 3))
-    if not 10 <= ln <= 20 or not 1 <= r <= 32 or not 1 <= p <= 16:
+    ln, r, p, salt, digest = parsed
+    try:
+        computed = _scrypt(password, salt, ln, r, p)
+    except ValueError:
         return False
-    digest = _scrypt(password, _unb64(m.group(4)), ln, r, p)
-    return hmac.compare_digest(digest, _unb64(m.group(5)))
+    return hmac.compare_digest(computed, digest)
 
 
 #: A hash of a random password, checked when a user is unknown so timing does not tell.

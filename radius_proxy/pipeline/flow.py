@@ -207,14 +207,15 @@ class Pipeline:
         if code is not None:
             return await self._verify_code(request, client, primary, secsign_id, code, trace)
         if policy.mode == "challenge":
-            return await self._challenge(request, client, secsign_id)
+            return await self._challenge(request, client, primary, secsign_id)
         return await self._push(request, client, primary, secsign_id, trace)
 
     async def _challenge(self, request: AuthRequest, client: ClientConfig,
-                         secsign_id: str) -> Decision:
+                         primary: PrimaryResult, secsign_id: str) -> Decision:
         """Challenge mode: ask first ("press Enter to send a push, or type a code")."""
         token = secrets.token_bytes(16)
-        context = ChallengeContext("secsign", client.name, request.username, secsign_id)
+        context = ChallengeContext("secsign", client.name, request.username, secsign_id,
+                                   reply_attributes=primary.reply_attributes)
         await self.store.put_challenge(token, context, self.config.policy.challenge_timeout_seconds)
         text = self.config.policy.messages.start
         if self.config.policy.show_secsign_id:
@@ -228,7 +229,7 @@ class Pipeline:
         """The NAS's answer to our challenge: empty starts the push, digits are a passcode."""
         answer = request.password.strip()
         secsign_id = context.secsign_id or ""
-        primary = PrimaryResult(PrimaryOutcome.ACCEPT)
+        primary = PrimaryResult(PrimaryOutcome.ACCEPT, reply_attributes=context.reply_attributes)
         if not answer:
             return await self._push(request, client, primary, secsign_id, trace)
         if answer.isdigit() and 6 <= len(answer) <= 8 and self.config.policy.passcodes:

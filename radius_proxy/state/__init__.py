@@ -16,6 +16,8 @@ class ChallengeContext:
 
     `kind` is "secsign" (our own challenge: the answer is Enter or a passcode) or
     "upstream" (an upstream's challenge we relay: `upstream_state` is their State).
+    `reply_attributes` are the password check's pass-through attributes, kept for the
+    Access-Accept that ends the challenge.
     """
 
     kind: str
@@ -23,6 +25,7 @@ class ChallengeContext:
     username: str
     secsign_id: str | None = None
     upstream_state: bytes | None = None
+    reply_attributes: tuple[tuple[str, str | int | bytes], ...] = ()
 
 
 class StateStore(Protocol):

@@ -279,6 +279,10 @@ def test_push_deadline_cancels_at_the_id_server(api: str) -> None:
         async with simulated("*=manual") as server, \
                 connected(api, server.url, push_timeout_seconds=0.5) as client:
             result = await client.push("ivan", "SSH", "host")
+            for _ in range(100):  # the cancel runs after push() has returned
+                if "cancel" in await log_types(server):
+                    break
+                await asyncio.sleep(0.02)
             return result, await log_types(server), await control(server, "GET", "sessions")
 
     result, log, sessions = run(scenario)
@@ -298,6 +302,10 @@ def test_cancelled_task_cancels_at_the_id_server(api: str) -> None:
             push.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await push
+            for _ in range(100):  # the cancel runs after push() has returned
+                if "cancel" in await log_types(server):
+                    break
+                await asyncio.sleep(0.02)
             return await log_types(server), await control(server, "GET", "sessions")
 
     log, sessions = run(scenario)
