@@ -49,7 +49,8 @@ radius-proxy demo is running.
   Users:       alice / alicepass, bob / bobpass (with SecSign IDs); carol / carolpass (none)
 
 In a second terminal:
-  radius-proxy radtest alice --password alicepass --server 127.0.0.1:{port} --secret {secret}
+  radius-proxy radtest alice --password alicepass --calling-station-id 203.0.113.9 \\
+      --server 127.0.0.1:{port} --secret {secret}
 then click Approve on the phone page. Ctrl-C stops the demo.
 """, flush=True)
     stop = asyncio.Event()

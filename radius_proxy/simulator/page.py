@@ -20,6 +20,7 @@ from __future__ import annotations
 PAGE_HTML = """<!doctype html>
 <html lang="en">
 <head>
+<link rel="icon" href="data:,">
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>SecSign ID simulator</title>
@@ -33,6 +34,7 @@ PAGE_HTML = """<!doctype html>
   .session { border: 1px solid #d5dbe5; border-radius: 14px; padding: 12px; margin: 10px 0; }
   .session h2 { font-size: 17px; margin: 0 0 4px; }
   .session p { margin: 2px 0; color: #444; word-break: break-all; }
+  .session h2, #history li { overflow-wrap: anywhere; }
   .buttons { display: flex; gap: 8px; margin-top: 10px; }
   button { flex: 1; padding: 10px; border: 0; border-radius: 10px; font-size: 15px;
            cursor: pointer; color: #fff; }
@@ -129,8 +131,13 @@ async function post(url) {
 list.addEventListener("click", async event => {
   const b = event.target.closest("button[data-action]");
   if (!b) return;
-  b.disabled = true;
-  await post("api/sessions/" + encodeURIComponent(b.dataset.session) + "/" + b.dataset.action);
+  const card = b.closest("[data-session]") || b.parentElement;
+  card.querySelectorAll("button[data-action]").forEach(x => { x.disabled = true; });
+  const response = await post(
+    "api/sessions/" + encodeURIComponent(b.dataset.session) + "/" + b.dataset.action);
+  if (!response.ok) {
+    document.getElementById("status").textContent = "that request is no longer pending";
+  }
   lastText = "";
   refresh();
 });
