@@ -21,9 +21,19 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _SECRET_WORDS = ("password", "secret", "authorization")
 
 
+_KEY_IS_SECRET: dict[str, bool] = {}
+
+
 def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in [k for k in event if any(w in k.lower() for w in _SECRET_WORDS)]:
-        event[key] = "***"
+    """Mask any value whose key names a password or secret (decided once per key name)."""
+    for key in event:
+        secret = _KEY_IS_SECRET.get(key)
+        if secret is None:
+            secret = any(w in key.lower() for w in _SECRET_WORDS)
+            if len(_KEY_IS_SECRET) < 10000:
+                _KEY_IS_SECRET[key] = secret
+        if secret:
+            event[key] = "***"
     return event
 
 

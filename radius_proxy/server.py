@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pyrad import packet as rp
 from pyrad.dictionary import Dictionary
 
 from radius_proxy.config import ClientConfig, Config
@@ -144,13 +143,12 @@ class RadiusServer:
             self._drop(pk.DropReason.UNKNOWN_CLIENT, host)
             return
         try:
-            data = pk.check_structure(data)
-            if data[0] not in (pk.ACCESS_REQUEST, pk.STATUS_SERVER):
-                self._drop(pk.DropReason.UNSUPPORTED_CODE, host, code=data[0])
-                return
             pkt = pk.decode_request(data, client.secret, self.dictionary)
         except MalformedPacket as exc:
             self._drop(pk.DropReason.MALFORMED, host, why=str(exc))
+            return
+        if pkt.code not in (pk.ACCESS_REQUEST, pk.STATUS_SERVER):
+            self._drop(pk.DropReason.UNSUPPORTED_CODE, host, code=pkt.code)
             return
         reason = pk.message_authenticator_drop(
             pkt, require=client.config.require_message_authenticator,
@@ -163,7 +161,7 @@ class RadiusServer:
             return
         self._access_request(endpoint, pkt, client, addr, (endpoint.index, host, port, pkt.id))
 
-    def _access_request(self, endpoint: _Endpoint, pkt: rp.AuthPacket, client: _Client,
+    def _access_request(self, endpoint: _Endpoint, pkt: pk.Request, client: _Client,
                         addr: Any, key: Key) -> None:
         try:
             attributes = pk.decoded_attributes(pkt)
@@ -193,7 +191,7 @@ class RadiusServer:
 
     # --- answering --------------------------------------------------------------------
 
-    async def _answer(self, endpoint: _Endpoint, pkt: rp.AuthPacket, attributes: Attributes,
+    async def _answer(self, endpoint: _Endpoint, pkt: pk.Request, attributes: Attributes,
                       client: _Client, addr: Any, key: Key) -> None:
         request_id = uuid.uuid4().hex[:16]
         raw: bytes | None = None
@@ -213,7 +211,7 @@ class RadiusServer:
         self.cache.answered(key, pkt.authenticator, raw)
         self._send(endpoint, raw, addr)
 
-    async def _decide(self, pkt: rp.AuthPacket, attributes: Attributes, client: _Client,
+    async def _decide(self, pkt: pk.Request, attributes: Attributes, client: _Client,
                       addr: Any, request_id: str) -> bytes | None:
         """The fail-closed boundary: any unexpected exception becomes an Access-Reject."""
         try:
@@ -238,7 +236,7 @@ class RadiusServer:
                 log.exception("reject_failed")
                 return None
 
-    def _request(self, pkt: rp.AuthPacket, attributes: Attributes, client: _Client, addr: Any,
+    def _request(self, pkt: pk.Request, attributes: Attributes, client: _Client, addr: Any,
                  request_id: str) -> AuthRequest | Decision:
         """The pipeline's view of a PAP Access-Request, or a reject for what we don't do."""
         if pk.EAP_MESSAGE in pkt or pk.CHAP_PASSWORD in pkt:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pyrad import packet as rp
+from pyrad import tools
 from pyrad.dictionary import Dictionary
 
 from radius_proxy.errors import MalformedPacket
@@ -36,6 +36,7 @@ MAX_ATTRIBUTE_VALUE = 253
 USER_PASSWORD = 2
 CHAP_PASSWORD = 3
 STATE = 24
+VENDOR_SPECIFIC = 26
 PROXY_STATE = 33
 EAP_MESSAGE = 79
 MESSAGE_AUTHENTICATOR = 80
@@ -65,15 +66,23 @@ def check_structure(data: bytes) -> bytes:
     and must end inside the packet. pyrad would quietly truncate an attribute that runs past
     the end, so this walk happens first.
     """
+    return _walk(data)[0]
+
+
+def _walk(data: bytes) -> tuple[bytes, list[tuple[int, bytes]], int]:
+    """One pass over a packet: (packet without padding, attributes in order, offset of the
+    Message-Authenticator attribute or -1)."""
     if len(data) < HEADER_LENGTH:
         raise MalformedPacket(f"{len(data)} octets is shorter than a RADIUS header")
-    length = struct.unpack_from("!H", data, 2)[0]
+    length = (data[2] << 8) | data[3]
     if not HEADER_LENGTH <= length <= MAX_PACKET_LENGTH:
         raise MalformedPacket(f"Length field {length} is outside 20..4096")
     if len(data) < length:
         raise MalformedPacket(f"Length field {length} exceeds the {len(data)} octets received")
     data = data[:length]
     seen: set[int] = set()
+    attributes: list[tuple[int, bytes]] = []
+    ma_offset = -1
     pos = HEADER_LENGTH
     while pos < length:
         if pos + 2 > length:
@@ -82,8 +91,11 @@ def check_structure(data: bytes) -> bytes:
         if alen < 2 or pos + alen > length:
             raise MalformedPacket(f"attribute {kind} has an invalid length {alen}")
         _check_attribute(kind, alen, seen)
+        if kind == MESSAGE_AUTHENTICATOR:
+            ma_offset = pos
+        attributes.append((kind, data[pos + 2:pos + alen]))
         pos += alen
-    return data
+    return data, attributes, ma_offset
 
 
 def _check_attribute(kind: int, alen: int, seen: set[int]) -> None:
@@ -96,19 +108,71 @@ def _check_attribute(kind: int, alen: int, seen: set[int]) -> None:
         raise MalformedPacket("User-Password must be 16 to 128 octets in steps of 16")
 
 
+class Request:
+    """A received request: header fields, attributes in order, and what it takes to answer.
+
+    This is the hot path of the server, so it does not build a pyrad packet: one walk over
+    the octets (`_walk`) gives the attributes, the Message-Authenticator is checked with
+    `hmac` over the received bytes, and values are decoded with pyrad's dictionary and
+    attribute codecs only when asked for (`decoded_attributes`).
+    """
+
+    __slots__ = ("_attributes", "_ma_offset", "authenticator", "code", "dictionary", "id",
+                 "raw", "secret")
+
+    def __init__(self, data: bytes, secret: bytes, dictionary: Dictionary) -> None:
+        self.raw, self._attributes, self._ma_offset = _walk(data)
+        self.code = self.raw[0]
+        self.id = self.raw[1]
+        self.authenticator = self.raw[4:HEADER_LENGTH]
+        self.secret = secret
+        self.dictionary = dictionary
+
+    @property
+    def message_authenticator(self) -> bool:
+        return self._ma_offset >= 0
+
+    def verify_message_authenticator(self) -> bool:
+        """RFC 2869 section 5.14: HMAC-MD5 over the packet with the attribute zeroed."""
+        o = self._ma_offset
+        if o < 0:
+            return False
+        raw = self.raw
+        expected = hmac.new(self.secret, raw[:o + 2] + _ZERO16 + raw[o + 18:], "md5").digest()
+        return hmac.compare_digest(expected, raw[o + 2:o + 18])
+
+    def get(self, code: int) -> list[bytes] | None:
+        """The raw values of an attribute, in order, or None."""
+        values = [v for k, v in self._attributes if k == code]
+        return values or None
+
+    def __contains__(self, code: object) -> bool:
+        return any(k == code for k, _ in self._attributes)
+
+    def __getitem__(self, code: int) -> list[bytes]:
+        values = self.get(code)
+        if values is None:
+            raise KeyError(code)
+        return values
+
+    @property
+    def attributes(self) -> list[tuple[int, bytes]]:
+        return self._attributes
+
+
+_ZERO16 = bytes(16)
+
+
 def packet_code(data: bytes) -> int:
     return data[0]
 
 
-def decode_request(data: bytes, secret: bytes, dictionary: Dictionary) -> rp.AuthPacket:
-    """Decode a structurally valid request with pyrad; any decoding failure is malformed."""
-    try:
-        return rp.AuthPacket(packet=data, secret=secret, dict=dictionary)
-    except Exception as exc:  # pyrad raises PacketError, struct.error, KeyError, ...
-        raise MalformedPacket(f"cannot decode: {type(exc).__name__}") from None
+def decode_request(data: bytes, secret: bytes, dictionary: Dictionary) -> Request:
+    """Check and split a request; anything structurally wrong raises MalformedPacket."""
+    return Request(data, secret, dictionary)
 
 
-def message_authenticator_drop(pkt: rp.AuthPacket, *, require: bool,
+def message_authenticator_drop(pkt: Request, *, require: bool,
                                limit_proxy_state: bool) -> DropReason | None:
     """The Message-Authenticator policy; None when the packet may be processed.
 
@@ -160,39 +224,93 @@ def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes
     return bytes(out)
 
 
-def decoded_attributes(pkt: rp.AuthPacket) -> dict[str, tuple[Any, ...]]:
+_SECRET_CODES = frozenset({USER_PASSWORD, CHAP_PASSWORD, MESSAGE_AUTHENTICATOR})
+
+
+def decoded_attributes(pkt: Request) -> dict[str, tuple[Any, ...]]:
     """Every dictionary-known attribute by name, values decoded, secrets left out.
 
     User-Password, CHAP-Password and Message-Authenticator are not part of the result, so
-    the request attributes can be logged and used in templates safely.
+    the request attributes can be logged and used in templates safely. A value the
+    dictionary's type cannot hold (an integer of 3 octets) makes the packet malformed.
     """
-    out: dict[str, tuple[Any, ...]] = {}
-    for key in pkt.keys():  # noqa: SIM118 - pyrad: keys() gives names, iteration codes
-        if key in ("User-Password", "CHAP-Password", "Message-Authenticator"):
+    out: dict[str, list[Any]] = {}
+    d = pkt.dictionary
+    for kind, value in pkt.attributes:
+        if kind in _SECRET_CODES:
             continue
-        if isinstance(key, str):
-            try:
-                out[key] = tuple(pkt[key])
-            except Exception:  # a value pyrad cannot decode: the packet is malformed
-                raise MalformedPacket(f"attribute {key} has an invalid value") from None
+        for key, raw in _split_vendor(kind, value):
+            if not d.attrindex.HasBackward(key):
+                continue
+            name = d.attrindex.GetBackward(key)
+            out.setdefault(name, []).append(_decode_value(d.attributes[name], raw, name))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _split_vendor(kind: int, value: bytes) -> list[tuple[Any, bytes]]:
+    """A Vendor-Specific attribute as ((vendor, type), value) pairs (RFC 2865 section 5.26)."""
+    if kind != VENDOR_SPECIFIC or len(value) < 6:
+        return [(kind, value)]
+    vendor = int.from_bytes(value[:4], "big")
+    out: list[tuple[Any, bytes]] = []
+    pos = 4
+    while pos < len(value):
+        if pos + 2 > len(value) or value[pos + 1] < 2 or pos + value[pos + 1] > len(value):
+            return [(kind, value)]
+        out.append(((vendor, value[pos]), value[pos + 2:pos + value[pos + 1]]))
+        pos += value[pos + 1]
     return out
 
 
-def build_reply(request: rp.AuthPacket, code: int,
+def _decode_value(attr: Any, raw: bytes, name: str) -> Any:
+    try:
+        if attr.has_tag and raw and raw[0] <= 0x1F and attr.type != "integer":
+            raw = raw[1:]
+        if attr.values.HasBackward(raw):
+            return attr.values.GetBackward(raw)
+        return tools.DecodeAttr(attr.type, raw)
+    except Exception:  # a value pyrad cannot decode: the packet is malformed
+        raise MalformedPacket(f"attribute {name} has an invalid value") from None
+
+
+def _encode_attribute(d: Dictionary, name: str, value: Any) -> bytes:
+    """One reply attribute; plain ones directly, tagged, vendor and TLV ones through pyrad."""
+    attr = d.attributes.get(name)
+    if attr is None or attr.vendor or attr.has_tag or attr.encrypt or attr.type == "tlv":
+        scratch = rp.Packet(dict=d)
+        scratch.AddAttribute(name, value)
+        encoded: bytes = scratch._PktEncodeAttributes()
+        return encoded
+    raw: bytes = attr.values.GetForward(value) if attr.values.HasForward(value) else \
+        tools.EncodeAttr(attr.type, value)
+    if len(raw) > MAX_ATTRIBUTE_VALUE:
+        raise ValueError(f"{name} is longer than {MAX_ATTRIBUTE_VALUE} octets")
+    return bytes((attr.code, len(raw) + 2)) + raw
+
+
+def build_reply(request: Request, code: int,
                 attributes: Sequence[tuple[str, Any]] = ()) -> bytes:
     """Encode a signed reply: Message-Authenticator first, Proxy-State echoed in order.
 
-    pyrad 2.6's CreateReply copies Proxy-State and marks the reply for a
-    Message-Authenticator, which ReplyPacket computes over the request's authenticator
-    before the Response Authenticator (RFC 2869 section 5.14, RFC 2865 section 5.33).
+    The Message-Authenticator is computed over the reply with the request's authenticator
+    in the header and the attribute zeroed, then the Response Authenticator over the
+    result (RFC 2869 section 5.14, RFC 2865 sections 3 and 5.33).
     """
-    reply = request.CreateReply()
-    reply.code = code
-    reply.add_message_authenticator()
+    body = bytearray(b"\x50\x12" + _ZERO16)
+    for kind, value in request.attributes:
+        if kind == PROXY_STATE:
+            body += bytes((PROXY_STATE, len(value) + 2)) + value
     for name, value in attributes:
-        reply.AddAttribute(name, value)
-    raw: bytes = reply.ReplyPacket()
-    return raw
+        body += _encode_attribute(request.dictionary, name, value)
+    length = HEADER_LENGTH + len(body)
+    if length > MAX_PACKET_LENGTH:
+        raise ValueError(f"the reply would be {length} octets, more than {MAX_PACKET_LENGTH}")
+    header = bytes((code, request.id)) + length.to_bytes(2, "big")
+    body[2:18] = hmac.new(request.secret, header + request.authenticator + body, "md5").digest()
+    response = hashlib.md5(
+        header + request.authenticator + body + request.secret, usedforsecurity=False
+    ).digest()
+    return header + response + bytes(body)
 
 
 def verify_reply(raw: bytes, request_authenticator: bytes, secret: bytes) -> bool:
