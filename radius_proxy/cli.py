@@ -1,7 +1,8 @@
 """The `radius-proxy` command (PRODUCT.md section 2).
 
-Exit codes: 0 success; 2 for a broken configuration or a usage error (and for radtest, an
-error or timeout); radtest exits 1 on Access-Reject.
+Exit codes: 0 success; 2 for a broken configuration or a usage error (and for radtest and
+test-user, an error or timeout); radtest exits 1 on Access-Reject, test-user when the user
+could not log in.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from radius_proxy.errors import ConfigError
 from radius_proxy.log import setup_logging
 
 EXIT_CONFIG = 2
+_ASK = object()  # --password given without a value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
     rt.add_argument("--retries", type=int, default=0, help="retransmits of each request")
 
+    tu = sub.add_parser("test-user", help="diagnose a user's login without a NAS: directory "
+                        "entry, SecSign ID, groups, policy; --push sends a real push")
+    tu.add_argument("user")
+    tu.add_argument("-c", "--config")
+    tu.add_argument("--push", action="store_true", help="send a real push and wait for it")
+    tu.add_argument("--password", nargs="?", const=_ASK, default=None,
+                    help="also check the password with the primary backend (without a "
+                    "value: read it from the terminal)")
+
     sub.add_parser("hash-password", help="read a password on stdin, print a users-file hash")
     return p
 
@@ -67,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: str = args.command
     handlers = {"serve": _serve, "check-config": _check_config, "radtest": _radtest,
-                "hash-password": _hash_password, "simulator": _simulator, "demo": _demo}
+                "hash-password": _hash_password, "simulator": _simulator, "demo": _demo,
+                "test-user": _test_user}
     try:
         return handlers[command](args)
     except KeyboardInterrupt:
@@ -148,6 +160,19 @@ def _radtest(args: argparse.Namespace) -> int:
         timeout=args.timeout, retries=args.retries, responses=tuple(args.response),
     )
     return run_radtest(options, load_dictionary(()))
+
+
+def _test_user(args: argparse.Namespace) -> int:
+    from radius_proxy.diagnose import test_user
+    from radius_proxy.radtest import read_password
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    # Backend warnings (a directory that is down, a refused bind) help here: to stderr.
+    setup_logging("console", "warning", stream=sys.stderr)
+    password: str | None = read_password() if args.password is _ASK else args.password
+    return asyncio.run(test_user(config, args.user, args.push, password, sys.stdout))
 
 
 def _hash_password(args: argparse.Namespace) -> int:

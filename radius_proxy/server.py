@@ -115,10 +115,14 @@ class RadiusServer:
         log.info("listening", addresses=[f"{h}:{p}" for h, p in self.addresses])
 
     def stop_receiving(self) -> None:
-        """Close the sockets: no new requests (SIGTERM); tasks in flight go on."""
+        """Stop reading the sockets: no new requests (SIGTERM); tasks in flight go on.
+
+        The sockets stay open until `close()`, so the replies of the requests in flight
+        still leave from the address each NAS sent to.
+        """
         for ep in self.endpoints:
-            if ep.transport is not None:
-                ep.transport.close()
+            if ep.transport is not None and not ep.transport.is_closing():
+                typing.cast(asyncio.ReadTransport, ep.transport).pause_reading()
 
     async def drain(self, grace: float) -> bool:
         """Wait up to grace seconds for the requests in flight; True when all finished."""
@@ -133,6 +137,9 @@ class RadiusServer:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ep in self.endpoints:
+            if ep.transport is not None:
+                ep.transport.close()
 
     # --- receiving ------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ import structlog
 
 from radius_proxy.config import LdapConfig
 from radius_proxy.errors import BackendError, ConfigError, Problem
+from radius_proxy.metrics import METRICS
 from radius_proxy.pipeline.ports import (
     AuthRequest,
     DirectoryEntry,
@@ -69,6 +70,8 @@ with warnings.catch_warnings():
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+#: The `backend` label of this module's metrics (the config section).
+METRIC_LABEL = "ldap"
 
 #: userAccountControl flags (MS-ADTS 2.2.16).
 UF_ACCOUNTDISABLE = 0x2
@@ -293,6 +296,7 @@ class LdapDirectory:
         self._state_lock = threading.Lock()
         for url in config.urls:
             self._warn_cleartext(url)
+            METRICS.backend_up.labels(METRIC_LABEL, url).set(1)
 
     # -- the ports -------------------------------------------------------------------------
 
@@ -357,6 +361,7 @@ class LdapDirectory:
                 loop.run_in_executor(self._executor, context.run, fn, deadline),
                 timeout=self._budget)
         except TimeoutError as exc:
+            METRICS.backend_errors.labels(METRIC_LABEL).inc()
             raise _Unavailable(f"no answer within {self._budget:g} s") from exc
 
     def _authenticate_sync(self, name: str, password: bytes, deadline: float) -> PrimaryResult:
@@ -415,6 +420,8 @@ class LdapDirectory:
         with self._state_lock:
             was_alive = self._dead_until.get(url, 0.0) <= time.monotonic()
             self._dead_until[url] = time.monotonic() + self._config.dead_server_seconds
+        METRICS.backend_errors.labels(METRIC_LABEL).inc()
+        METRICS.backend_up.labels(METRIC_LABEL, url).set(0)
         if was_alive:
             log.warning("ldap_server_down", server=url, error=error,
                         skip_seconds=self._config.dead_server_seconds)
@@ -425,6 +432,7 @@ class LdapDirectory:
         with self._state_lock:
             was_dead = self._dead_until.pop(url, None) is not None
         if was_dead:
+            METRICS.backend_up.labels(METRIC_LABEL, url).set(1)
             log.info("ldap_server_up", server=url)
 
     def _open(self, url: str, user: str | None, password: str | bytes | None) -> Any:
@@ -505,6 +513,7 @@ class LdapDirectory:
                 try:
                     return op(service)
                 except (LDAPException, OSError, _ServerFailure) as exc:
+                    METRICS.backend_errors.labels(METRIC_LABEL).inc()
                     log.warning("ldap_service_operation_failed", server=service.url,
                                 error=_describe(exc), reused=not fresh)
                     self._drop_service()

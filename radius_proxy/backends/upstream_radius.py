@@ -49,6 +49,7 @@ from pyrad.dictionary import Dictionary
 from radius_proxy.config import RadiusUpstreamConfig
 from radius_proxy.config_loader import parse_hostport
 from radius_proxy.log import RateLimiter
+from radius_proxy.metrics import METRICS
 from radius_proxy.pipeline.ports import (
     AttrValue,
     AuthRequest,
@@ -86,6 +87,8 @@ _ANSWERS = {
 _IDS_PER_SOCKET = 256
 _MAX_SOCKETS_PER_SERVER = 64  # 16384 requests in flight per server
 _RECEIVE_BUFFER = 1 << 20  # replies to hundreds of requests can arrive in one burst
+#: The `backend` label of this module's metrics (the config section).
+METRIC_LABEL = "radius_upstream"
 
 
 def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
@@ -213,6 +216,7 @@ class UpstreamRadius:
         """Resolve the servers, open one socket each, and start the Status-Server prober."""
         self._started = True
         for server in self._servers:
+            METRICS.backend_up.labels(METRIC_LABEL, server.name).set(1)
             if await self._resolve(server):
                 async with server.lock:
                     await self._open_socket(server)
@@ -342,6 +346,7 @@ class UpstreamRadius:
             return _Exchange(failure="unresolved")
         acquired = await self._acquire(server)
         if acquired is None:
+            METRICS.backend_errors.labels(METRIC_LABEL).inc()
             return _Exchange(failure="busy")
         sock, ident = acquired
         authenticator = secrets.token_bytes(16)
@@ -363,6 +368,8 @@ class UpstreamRadius:
                 if done:
                     break
             reply = future.result() if future.done() and not future.cancelled() else None
+            if reply is None:  # a timeout, or only replies that failed verification
+                METRICS.backend_errors.labels(METRIC_LABEL).inc()
             return _Exchange(reply, pending.invalid)
         finally:
             sock.release(ident)
@@ -444,6 +451,7 @@ class UpstreamRadius:
         try:
             infos = await loop.getaddrinfo(server.host, server.port, type=socket.SOCK_DGRAM)
         except OSError as exc:
+            METRICS.backend_errors.labels(METRIC_LABEL).inc()
             log.warning("upstream_resolve_failed", server=server.name, error=str(exc))
             self._set_alive(server, False, "resolve_failed")
             return False
@@ -496,6 +504,7 @@ class UpstreamRadius:
         if server.alive == alive:
             return
         server.alive = alive
+        METRICS.backend_up.labels(METRIC_LABEL, server.name).set(1 if alive else 0)
         if alive:
             log.info("upstream_alive", server=server.name, why=why)
         else:

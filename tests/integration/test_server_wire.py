@@ -177,7 +177,8 @@ def test_malformed_packets_never_crash_or_wedge(start_proxy) -> None:
     assert proxy.process.alive()
     raw, _ = build_request(PROXY_SECRET, "alice", "alicepass", identifier=200)
     reply = udp_exchange(_addr(proxy), raw, timeout=5)
-    assert reply is not None and reply[0] == rp.AccessAccept
+    assert reply is not None
+    assert reply[0] == rp.AccessAccept
 
 
 def test_ipv6_listener_answers_from_its_own_address(start_proxy, tmp_path) -> None:
@@ -199,7 +200,8 @@ def test_ipv6_listener_answers_from_its_own_address(start_proxy, tmp_path) -> No
         sock.sendto(raw, ("::1", port6))
         data, source = sock.recvfrom(4096)
     assert data[0] == rp.AccessAccept
-    assert source[0] == "::1" and source[1] == port6
+    assert source[0] == "::1"
+    assert source[1] == port6
 
 
 @pytest.mark.parametrize(("password", "expected"), [("alicepass", 0), ("wrong", 1)])

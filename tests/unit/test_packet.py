@@ -179,7 +179,8 @@ def test_decode_request_gives_header_and_raw_attributes() -> None:
     assert pkt[1] == [b"alice"]
     assert pkt.get(32) == [b"ssh-1"]
     assert pkt.get(24) is None
-    assert 1 in pkt and 24 not in pkt
+    assert 1 in pkt
+    assert 24 not in pkt
     assert pkt.message_authenticator
 
 

@@ -55,6 +55,7 @@ from radius_proxy.backends.secsign.transport import (
     TransportError,
 )
 from radius_proxy.config import SecSignConfig
+from radius_proxy.metrics import METRICS
 from radius_proxy.pipeline.ports import PushOutcome, PushResult
 
 _log = structlog.get_logger(__name__)
@@ -70,6 +71,8 @@ JITTER = 0.1
 GUARD_SECONDS = 1.0
 PASSCODE = re.compile(r"[0-9]{4,10}")
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+#: The `backend` label of this module's metrics (the config section).
+METRIC_LABEL = "secsign"
 
 Begun = tuple[AuthSession, StateReply] | PushResult
 
@@ -112,6 +115,8 @@ class SecSignClient:
         self._rng = random.Random()  # noqa: S311 (poll jitter, not a secret)
         self._closing = self._closed = False
         _warn_about(config, self._servers)
+        for server in self._servers:
+            METRICS.backend_up.labels(METRIC_LABEL, server).set(1)
 
     # -- the SecondFactor port ------------------------------------------------------------
     async def push(self, secsign_id: str, service_name: str, service_address: str) -> PushResult:
@@ -337,6 +342,8 @@ class SecSignClient:
         now = time.monotonic()
         was_up = self._down_until.get(server, 0.0) <= now
         self._down_until[server] = now + SERVER_RETRY_SECONDS
+        METRICS.backend_errors.labels(METRIC_LABEL).inc()
+        METRICS.backend_up.labels(METRIC_LABEL, server).set(0)
         event = "secsign.server_fallback"
         detail = detail_of(reply)
         if was_up:
@@ -346,6 +353,7 @@ class SecSignClient:
 
     def _healthy(self, server: str) -> None:
         if self._down_until.pop(server, None) is not None:
+            METRICS.backend_up.labels(METRIC_LABEL, server).set(1)
             _log.info("secsign.server_up", server=server)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

@@ -1,0 +1,1 @@
+"""Operations: the HTTP endpoint, signals, test-user, and the deployment files."""
