@@ -12,6 +12,7 @@ number of connections is bounded by the number of workers (`secsign.max_connecti
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,8 +80,10 @@ class RequestsTransport:
                 stream=True,
             ) as response:
                 return HttpResponse(response.status_code, _read_bounded(response))
+        except requests.exceptions.SSLError as error:
+            raise TransportError(_tls_problem(error)) from error
         except requests.RequestException as error:
-            # The class name says enough (ConnectTimeout, SSLError...); requests' messages
+            # The class name says enough (ConnectTimeout, ReadTimeout...); requests' messages
             # are long and carry the whole URL.
             raise TransportError(type(error).__name__) from error
 
@@ -113,3 +116,19 @@ def _read_bounded(response: requests.Response) -> bytes:
             raise TransportError(f"answer larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _tls_problem(error: BaseException) -> str:
+    """Say whether the certificate failed verification (and point at ca_file), or TLS itself."""
+    seen: set[int] = set()
+    stack: list[object] = [error]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return (f"TLS certificate verification failed: {item.verify_message} "
+                    "(check secsign.ca_file)")
+        stack.extend([item.__cause__, item.__context__, *item.args])
+    return "TLS handshake failed (SSLError)"
