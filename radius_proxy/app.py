@@ -255,10 +255,7 @@ class App:
 
 def _pause_reading(server: RadiusServer) -> None:
     """No new requests: stop reading each socket, but keep it open for the replies."""
-    for endpoint in server.endpoints:
-        transport = endpoint.transport
-        if transport is not None and not transport.is_closing():
-            typing.cast(asyncio.ReadTransport, transport).pause_reading()
+    server.stop_receiving()
 
 
 async def _drain(server: RadiusServer, grace: float, interrupt: asyncio.Event | None) -> None:

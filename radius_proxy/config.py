@@ -67,6 +67,11 @@ class ServerConfig:
         metadata=doc("how long a sent reply is kept for retransmits (RFC 5080)", minimum=1,
                      maximum=300),
     )
+    receive_buffer_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=doc("UDP receive buffer per socket, for bursts (capped by net.core.rmem_max)",
+                     minimum=65536, maximum=256 * 1024 * 1024),
+    )
     dictionaries: tuple[str, ...] = field(
         default=(), metadata=doc("extra RADIUS dictionary files (FreeRADIUS format)", path=True)
     )

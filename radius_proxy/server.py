@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import socket
 import time
-import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from radius_proxy.protocol.clients import ClientTable
 from radius_proxy.protocol.dedup import DuplicateCache, Key, Seen
 
 log = structlog.get_logger(__name__)
+#: Request ids: unique per process start and cheap (no random octets per request).
+_ID_PREFIX = uuid.uuid4().hex[:6] + "-"
+_REQUEST_NUMBERS = itertools.count(1)
 _CODES = {ACCEPT: pk.ACCESS_ACCEPT, CHALLENGE: pk.ACCESS_CHALLENGE}
 
 
@@ -46,27 +50,73 @@ class _Client:
     secret: bytes
 
 
+def _bind(host: str, port: int, receive_buffer: int) -> socket.socket:
+    """A non-blocking UDP socket on one address; IPv6 sockets carry IPv6 only.
+
+    The receive buffer is raised because a burst (a NAS fleet retransmitting during an
+    outage) arrives faster than one event loop reads it; the kernel caps the value at
+    net.core.rmem_max.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _client_table(config: Config) -> ClientTable[_Client]:
     return ClientTable([(net, _Client(c, c.secret.encode()))
                         for c in config.clients for net in c.networks])
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    """One bound UDP socket; everything it receives goes to the server with its index."""
+class _Endpoint:
+    """One bound UDP socket, read in batches straight from the event loop.
 
-    def __init__(self, server: RadiusServer, index: int) -> None:
+    asyncio's datagram transport wakes the loop once per datagram; reading up to `BATCH`
+    datagrams per wake-up is what keeps a burst of retransmits cheap. Replies are written
+    to the same socket, so they leave from the address the NAS sent to.
+    """
+
+    BATCH = 64
+
+    def __init__(self, server: RadiusServer, index: int, sock: socket.socket) -> None:
         self.server = server
         self.index = index
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.reading = False
+        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = typing.cast(asyncio.DatagramTransport, transport)
+    @property
+    def sockname(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return str(host), int(port)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.server.datagram_received(self, data, addr)
+    def readable(self) -> None:
+        for _ in range(self.BATCH):
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. an ICMP error reported on the socket
+                log.debug("socket_error", error=str(exc))
+                return
+            self.server.datagram_received(self, data, addr)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("socket_error", error=str(exc))
+    def sendto(self, raw: bytes, addr: Any) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.sendto(raw, addr)
+        except OSError as exc:  # a full send buffer or an unreachable NAS: UDP may lose it
+            METRICS.dropped.labels("send_failed").inc()
+            log.debug("send_failed", error=str(exc))
 
 
 class RadiusServer:
@@ -98,20 +148,17 @@ class RadiusServer:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) of each socket; port 0 in the config becomes the real one."""
-        out = []
-        for ep in self.endpoints:
-            assert ep.transport is not None
-            host, port = ep.transport.get_extra_info("sockname")[:2]
-            out.append((host, port))
-        return out
+        return [ep.sockname for ep in self.endpoints]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for text in self.config.server.listen:
             host, port = parse_hostport(text, allow_zero=True)
-            _, endpoint = await loop.create_datagram_endpoint(
-                lambda: _Endpoint(self, len(self.endpoints)), local_addr=(host, port))
+            sock = _bind(host, port, self.config.server.receive_buffer_bytes)
+            endpoint = _Endpoint(self, len(self.endpoints), sock)
             self.endpoints.append(endpoint)
+            loop.add_reader(sock.fileno(), endpoint.readable)
+            endpoint.reading = True
         log.info("listening", addresses=[f"{h}:{p}" for h, p in self.addresses])
 
     def stop_receiving(self) -> None:
@@ -120,9 +167,11 @@ class RadiusServer:
         The sockets stay open until `close()`, so the replies of the requests in flight
         still leave from the address each NAS sent to.
         """
+        loop = asyncio.get_running_loop()
         for ep in self.endpoints:
-            if ep.transport is not None and not ep.transport.is_closing():
-                typing.cast(asyncio.ReadTransport, ep.transport).pause_reading()
+            if ep.reading:
+                loop.remove_reader(ep.sock.fileno())
+                ep.reading = False
 
     async def drain(self, grace: float) -> bool:
         """Wait up to grace seconds for the requests in flight; True when all finished."""
@@ -137,9 +186,11 @@ class RadiusServer:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.stop_receiving()
         for ep in self.endpoints:
-            if ep.transport is not None:
-                ep.transport.close()
+            if not ep.closed:
+                ep.closed = True
+                ep.sock.close()
 
     # --- receiving ------------------------------------------------------------------------
 
@@ -200,7 +251,7 @@ class RadiusServer:
 
     async def _answer(self, endpoint: _Endpoint, pkt: pk.Request, attributes: Attributes,
                       client: _Client, addr: Any, key: Key) -> None:
-        request_id = uuid.uuid4().hex[:16]
+        request_id = f"{_ID_PREFIX}{next(_REQUEST_NUMBERS):x}"
         raw: bytes | None = None
         try:
             with structlog.contextvars.bound_contextvars(request_id=request_id,
@@ -265,8 +316,7 @@ class RadiusServer:
         )
 
     def _send(self, endpoint: _Endpoint, raw: bytes, addr: Any) -> None:
-        if endpoint.transport is not None and not endpoint.transport.is_closing():
-            endpoint.transport.sendto(raw, addr)
+        endpoint.sendto(raw, addr)
 
     def _drop(self, reason: pk.DropReason, source: str, **fields: Any) -> None:
         """Silently discard, count, and log at most a few lines a minute per source."""

@@ -31,6 +31,8 @@ class Verdict:
 
 def member(groups: Iterable[str], wanted: Iterable[str]) -> bool:
     """Group names compare case-insensitively, as Active Directory does."""
+    if not wanted:
+        return False
     have = {g.casefold() for g in groups}
     return any(w.casefold() in have for w in wanted)
 

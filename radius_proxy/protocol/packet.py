@@ -206,8 +206,12 @@ def unhide_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes
     blocks = [hidden[i:i + 16] for i in range(0, len(hidden), 16)]
     out = bytearray()
     for block, pad in zip(blocks, _keystream(secret, authenticator, blocks), strict=True):
-        out += bytes(a ^ b for a, b in zip(block, pad, strict=True))
+        out += _xor16(block, pad)
     return bytes(out).rstrip(b"\x00")
+
+
+def _xor16(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(16, "big")
 
 
 def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
@@ -219,7 +223,7 @@ def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes
     vector = authenticator
     for i in range(0, len(padded), 16):
         pad = hashlib.md5(secret + vector, usedforsecurity=False).digest()
-        vector = bytes(a ^ b for a, b in zip(padded[i:i + 16], pad, strict=True))
+        vector = _xor16(padded[i:i + 16], pad)
         out += vector
     return bytes(out)
 
