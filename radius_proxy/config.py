@@ -300,6 +300,36 @@ class StateConfig:
                                                                                  "redis")))
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=doc("the Redis server"))
     key_prefix: str = field(default="radius-proxy:", metadata=doc("namespace of every key"))
+    redis_username: str = field(
+        default="", metadata=doc("Redis ACL user (Redis 6+); empty: the default user")
+    )
+    redis_password: Secret = field(
+        default=NO_SECRET,
+        metadata=doc("Redis password (AUTH), or in redis_url but not both"),
+    )
+    ca_file: str = field(
+        default="", metadata=doc("CA bundle for rediss:// (TLS); default: system", path=True)
+    )
+    sentinels: tuple[str, ...] = field(
+        default=(), metadata=doc('Sentinel "host:port" list; when set, the primary is found '
+                                 "through them and redis_url gives only scheme, password, db")
+    )
+    sentinel_service: str = field(
+        default="mymaster", metadata=doc("the Sentinel service (master) name")
+    )
+    sentinel_password: Secret = field(
+        default=NO_SECRET, metadata=doc("password of the Sentinels themselves, if they have one")
+    )
+    timeout_seconds: float = field(
+        default=1.0, metadata=doc("connect and per-command timeout; a call gives up after 3x",
+                                  minimum=0.05, maximum=30)
+    )
+    unavailable: str = field(
+        default="reject",
+        metadata=doc("when Redis cannot be reached: reject; drop (no reply, so the NAS tries "
+                     "its next server); memory (each instance alone, nothing shared)",
+                     choices=("reject", "drop", "memory")),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

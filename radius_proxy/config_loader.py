@@ -240,8 +240,41 @@ def _check_rules(c: Config, col: _Collector) -> None:
         col.add("logging.file", 'destination "file" needs a file',
                 'add file = "/var/log/radius-proxy/radius-proxy.log"')
     if c.state.backend == "redis":
-        col.add("state.backend", "the redis store is not available in this version",
-                'use backend = "memory"')
+        _check_redis(c, col)
+
+
+def _check_redis(c: Config, col: _Collector) -> None:
+    import importlib.util
+
+    s = c.state
+    if importlib.util.find_spec("redis") is None:
+        col.add("state.backend", "the redis package is not installed",
+                "pip install 'radius-proxy[redis]', or use backend = \"memory\"")
+    try:
+        url = urllib.parse.urlsplit(s.redis_url)
+        url.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        col.add("state.redis_url", f"is not a valid URL: {exc}", 'write "redis://10.0.0.7:6379/0"')
+        return
+    if url.scheme not in ("redis", "rediss", "unix"):
+        col.add("state.redis_url", f'"{url.scheme}" is not redis, rediss or unix',
+                'write "redis://host:6379/0", or "rediss://" for TLS')
+    if url.password is not None and s.redis_password:
+        col.add("state.redis_password", "a password is also in redis_url",
+                "keep only redis_password_file and remove the password from the URL")
+    if s.ca_file:
+        _need_file(s.ca_file, "state.ca_file", col)
+        if url.scheme != "rediss":
+            col.add("state.ca_file", "is used only with TLS", 'write redis_url = "rediss://..."')
+    for text in s.sentinels:
+        try:
+            parse_hostport(text, 26379)
+        except ValueError as exc:
+            col.add("state.sentinels", str(exc), 'write "10.0.0.7:26379"')
+    if s.sentinels and not s.sentinel_service:
+        col.add("state.sentinel_service", "is empty", 'write sentinel_service = "mymaster"')
+    if not s.key_prefix:
+        col.add("state.key_prefix", "is empty", 'write key_prefix = "radius-proxy:"')
 
 
 def parse_hostport(text: str, default_port: int | None = None,

@@ -26,6 +26,10 @@ class BackendError(PeerError):
     """A backend server could not be reached or answered nonsense."""
 
 
+class StateUnavailable(BackendError):
+    """The shared state store (Redis) could not be reached, or did not answer in time."""
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One configuration problem: where it is, what is wrong, and how to fix it."""

@@ -281,6 +281,8 @@ class RadiusServer:
             else:
                 decision = await self.pipeline.handle(request, client.config)
             METRICS.requests.labels(client.config.name, decision.outcome, decision.reason).inc()
+            if decision.outcome == "drop":
+                return None
             return pk.build_reply(pkt, _CODES.get(decision.outcome, pk.ACCESS_REJECT),
                                   decision.attributes if decision.outcome != "reject" else ())
         except asyncio.CancelledError:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from radius_proxy.config import ClientConfig, Config
+from radius_proxy.errors import StateUnavailable
 from radius_proxy.metrics import METRICS
 from radius_proxy.pipeline import policy as pol
 from radius_proxy.pipeline.ports import (
@@ -38,7 +39,7 @@ from radius_proxy.state import ChallengeContext, StateStore
 audit_log = structlog.get_logger("radius_proxy.audit")
 log = structlog.get_logger(__name__)
 
-ACCEPT, REJECT, CHALLENGE = "accept", "reject", "challenge"
+ACCEPT, REJECT, CHALLENGE, DROP = "accept", "reject", "challenge", "drop"
 MAX_REPLY_MESSAGE = 253
 RATE_LIMITED = "rate_limited"
 #: How long a finished push's outcome stays readable for requests that joined it.
@@ -119,6 +120,9 @@ class Pipeline:
                 decision = await self._run(request, client, trace)
         except TimeoutError:
             decision = Decision(REJECT, "timeout")
+        except StateUnavailable:
+            drop = self.config.state.unavailable == "drop"
+            decision = Decision(DROP if drop else REJECT, "state_unavailable")
         self._audit(request, decision, trace)
         return decision
 

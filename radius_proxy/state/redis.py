@@ -67,7 +67,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from radius_proxy.errors import BackendError
+from radius_proxy.errors import StateUnavailable
 from radius_proxy.log import RateLimiter
 from radius_proxy.metrics import METRICS
 from radius_proxy.state import ChallengeContext
@@ -123,10 +123,6 @@ end
 redis.call('PEXPIRE', KEYS[1], window)
 return n
 """
-
-
-class StateUnavailable(BackendError):
-    """Redis could not be reached, or did not answer in time."""
 
 
 # --- pure helpers ------------------------------------------------------------------------
@@ -325,6 +321,8 @@ class RedisStore:
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._closed = False  # background loops also stop on this: redis-py can swallow a
+        # cancellation that races with its own read timeout
         self._service = str(_setting(config, "sentinel_service", "mymaster"))
         self._subscribed = asyncio.Event()
         self._quiet = RateLimiter(burst=1, period=10.0)
@@ -407,7 +405,7 @@ class RedisStore:
             self._claim_tokens[key] = token
             if ttl > lease:
                 self._leases[key] = asyncio.create_task(
-                    self._keep_claim(keys[0], token, ttl), name="redis-state-claim-lease")
+                    self._keep_claim(key, keys[0], token, ttl), name="redis-state-claim-lease")
         return won
 
     async def finish_push(self, key: str, outcome: str, ttl: float) -> None:
@@ -433,12 +431,14 @@ class RedisStore:
         one (the instance running the push died: its lease lapsed)."""
         digest = self._keys.digest(key)
         names = [self._keys.claim(digest), self._keys.outcome(digest)]
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[str] = loop.create_future()
         self._waiters.setdefault(digest, []).append(waiter)
+        end = loop.time() + wait_seconds
         try:
             async with asyncio.timeout(wait_seconds):
                 await self._ensure_listening()
-                while True:
+                while (left := end - loop.time()) > 0:
                     claim, done = await self._run("wait_push", lambda: self.redis.mget(names))
                     if done is not None:
                         return _text(done)
@@ -446,7 +446,8 @@ class RedisStore:
                         return None
                     with contextlib.suppress(TimeoutError):
                         return await asyncio.wait_for(asyncio.shield(waiter),
-                                                      CLAIM_LEASE_SECONDS / 2)
+                                                      min(CLAIM_LEASE_SECONDS / 2, left))
+                return None
         except TimeoutError:
             return None
         except StateUnavailable:
@@ -456,12 +457,14 @@ class RedisStore:
         finally:
             self._drop_waiter(digest, waiter)
 
-    async def _keep_claim(self, claim: str, token: str, ttl: float) -> None:
+    async def _keep_claim(self, key: str, claim: str, token: str, ttl: float) -> None:
         """Renew our claim every half lease until finish_push, never beyond ttl in all."""
-        loop = asyncio.get_running_loop()
+        loop, me = asyncio.get_running_loop(), asyncio.current_task()
         end = loop.time() + ttl
         while (left := end - loop.time()) > 0:
             await asyncio.sleep(min(CLAIM_LEASE_SECONDS / 2, left))
+            if self._closed or self._leases.get(key) is not me:
+                return
             args: list[str | int] = [token, milliseconds(min(CLAIM_LEASE_SECONDS,
                                                              max(0.0, end - loop.time())))]
             try:
@@ -482,11 +485,13 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
-        for task in (self._watcher, self._listener, *self._leases.values()):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._closed = True
+        tasks = [t for t in (self._watcher, self._listener, *self._leases.values()) if t]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # each loop also ends on _closed within a second
+            await asyncio.wait(tasks, timeout=LISTENER_MAX_BACKOFF + 1)
+        self._leases.clear()
         await self.redis.aclose()
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:
@@ -538,7 +543,7 @@ class RedisStore:
 
     async def _ensure_listening(self) -> None:
         if self._listener is None or self._listener.done():
-            self._listener = asyncio.create_task(self._listen(), name="redis-state-listener")
+            self._start_listener()
         if self._subscribed.is_set():
             return
         try:
@@ -549,14 +554,22 @@ class RedisStore:
             raise StateUnavailable("state store unavailable (subscribe): no subscription") \
                 from exc
 
+    def _start_listener(self) -> None:
+        """A new listener; an old one sees it is no longer current and ends."""
+        self._subscribed.clear()
+        self._listener = asyncio.create_task(self._listen(), name="redis-state-listener")
+
+    def _current(self, task: asyncio.Task[None] | None) -> bool:
+        return not self._closed and asyncio.current_task() is task
+
     async def _listen(self) -> None:
         """Keep one pattern subscription alive; reconnect with a short backoff after errors."""
         backoff = 0.05
-        while True:
+        while self._current(self._listener):
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(self._keys.pattern)
-                await self._receive(pubsub, self._on_message)
+                await self._receive(pubsub, self._on_message, lambda: self._listener)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the listener must outlive any one failure
@@ -570,12 +583,14 @@ class RedisStore:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, LISTENER_MAX_BACKOFF)
 
-    async def _receive(self, pubsub: PubSub,
-                       handle: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        """Hand every message to handle; PING when idle, give up when PING gets no answer."""
+    async def _receive(self, pubsub: PubSub, handle: Callable[[dict[str, Any]], Awaitable[None]],
+                       owner: Callable[[], asyncio.Task[None] | None]) -> None:
+        """Hand every message to handle; PING when idle, give up when PING gets no answer.
+
+        Returns when the calling task is no longer `owner()` or the store closes."""
         loop = asyncio.get_running_loop()
         heard, pinged = loop.time(), None
-        while True:
+        while self._current(owner()):
             message = await pubsub.get_message(timeout=1.0)
             now = loop.time()
             if message is not None:
@@ -621,11 +636,11 @@ class RedisStore:
         assert self._sentinel is not None
         sentinels = self._sentinel.sentinels
         turn = 0
-        while True:
+        while self._current(self._watcher):
             pubsub = sentinels[turn % len(sentinels)].pubsub()
             try:
                 await pubsub.subscribe("+switch-master")
-                await self._receive(pubsub, self._on_sentinel_message)
+                await self._receive(pubsub, self._on_sentinel_message, lambda: self._watcher)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the watcher must outlive any one sentinel
@@ -646,11 +661,9 @@ class RedisStore:
                     primary=":".join(fields[3:5]) if len(fields) >= 5 else "")
         await self.redis.connection_pool.disconnect()
         if self._listener is not None and not self._listener.done():
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._subscribed.clear()
-            self._listener = asyncio.create_task(self._listen(), name="redis-state-listener")
+            old = self._listener
+            self._start_listener()  # on the new primary; the old one ends by itself
+            old.cancel()
 
     def _resolve(self, digest: str, outcome: str) -> None:
         for waiter in self._waiters.get(digest, ()):

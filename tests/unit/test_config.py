@@ -654,8 +654,32 @@ def test_poll_interval_below_push_timeout(poll: float, push: float, ok: bool) ->
         one_problem(data, "secsign.poll_interval_seconds", "not below push_timeout_seconds")
 
 
-def test_redis_state_is_not_available_yet() -> None:
-    one_problem(cfg(state={"backend": "redis"}), "state.backend", "not available")
+def test_redis_state_is_accepted_with_its_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "redis-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    state = config_from_mapping(cfg(state={
+        "backend": "redis", "redis_url": "rediss://10.0.0.7:6380/2", "ca_file": str(ca),
+        "redis_password": "pw", "sentinels": ["10.0.0.8:26379", "[2001:db8::9]"],
+        "timeout_seconds": 0.5, "unavailable": "drop"})).state
+    assert (state.backend, state.unavailable, state.timeout_seconds) == ("redis", "drop", 0.5)
+    assert state.sentinels == ("10.0.0.8:26379", "[2001:db8::9]")
+    assert "pw" not in repr(state)
+
+
+@pytest.mark.parametrize(("state", "key", "why"), [
+    ({"redis_url": "http://10.0.0.7/0"}, "state.redis_url", "is not redis, rediss or unix"),
+    ({"redis_url": "redis://h:port/0"}, "state.redis_url", "not a valid URL"),
+    ({"redis_url": "redis://:a@h/0", "redis_password": "b"}, "state.redis_password",
+     "also in redis_url"),
+    ({"ca_file": "/nonexistent/ca.pem", "redis_url": "rediss://h/0"}, "state.ca_file",
+     "/nonexistent/ca.pem"),
+    ({"sentinels": ["10.0.0.8:x"]}, "state.sentinels", "invalid port"),
+    ({"sentinels": ["10.0.0.8"], "sentinel_service": ""}, "state.sentinel_service", "empty"),
+    ({"unavailable": "open"}, "state.unavailable", "not one of"),
+    ({"timeout_seconds": 0}, "state.timeout_seconds", "out of range"),
+])
+def test_redis_state_settings_are_checked(state: dict[str, Any], key: str, why: str) -> None:
+    one_problem(cfg(state={"backend": "redis", **state}), key, why)
 
 
 # -- cross-field rules: policy -----------------------------------------------------------------
@@ -714,11 +738,11 @@ def test_every_cross_field_problem_is_reported_at_once() -> None:
     data = cfg(clients=[client(secret="short"), client(networks=["10.1.0.0/16"])],
                secsign={"servers": ["http://id.example.com"], "push_timeout_seconds": 70},
                policy={"messages": {"start": "x" * 300}},
-               state={"backend": "redis"})
+               state={"backend": "redis", "redis_url": "http://h/0"})
     keys = [p.key for p in problems(data)]
     for key in ("clients[0].secret", "clients[1].name", "clients[1].networks",
                 "secsign.push_timeout_seconds", "secsign.servers", "policy.messages.start",
-                "state.backend"):
+                "state.redis_url"):
         assert key in keys
 
 
