@@ -476,8 +476,12 @@ class UpstreamRadius:
             # section 2.2.1: silently discarded).
             log.debug("upstream_reply_unmatched", server=server.name, ident=data[1])
             return
+        # A Status-Server answer only says "alive": its Response Authenticator (keyed by
+        # the secret) is enough, since FreeRADIUS 3.2.1 signs no Status-Server reply.
+        # Access replies are what BlastRADIUS forges, so there the signature is required.
+        require = self.config.require_message_authenticator and pending.code != STATUS_SERVER
         reply, why = verify_reply(data, pending.code, pending.authenticator, self._secret,
-                                  self.dictionary, self.config.require_message_authenticator)
+                                  self.dictionary, require)
         if reply is None:
             pending.invalid = why
             self._ignored(server, why or "invalid")

@@ -320,6 +320,15 @@ def test_probe(freeradius: FreeRadius, fake_upstream: MakeFake) -> None:
     assert with_backend(silent, lambda backend: backend.probe()) is False
 
 
+def test_probe_of_an_upstream_that_signs_no_status_server_reply(freeradius: FreeRadius) -> None:
+    # Stock FreeRADIUS 3.2.1 (the `default` server here) answers Status-Server without
+    # Message-Authenticator: the Response Authenticator proves the answer, so a server that
+    # is required to sign its Access replies is still found alive.
+    up = upstream_config([freeradius.address], freeradius.secret,
+                         require_message_authenticator=True)
+    assert with_backend(up, lambda backend: backend.probe()) is True
+
+
 # -- challenge and load ------------------------------------------------------------------
 
 def test_upstream_challenge_then_answer(freeradius: FreeRadius) -> None:
