@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from radius_proxy.backends.secsign.aio_transport import AiohttpTransport
 from radius_proxy.backends.secsign.legacy import LegacyApi
 from radius_proxy.backends.secsign.replies import (
     AuthSession,
@@ -94,8 +95,9 @@ class Dialect(Protocol):
 class SecSignClient:
     """`SecondFactor` against the SecSign ID servers of `config`, tried in order.
 
-    `transport` replaces the HTTP layer in tests; by default requests is used, with TLS
-    verification always on (`ca_file` or the system CAs).
+    By default HTTP runs on the event loop (aiohttp, see `aio_transport.py`); a blocking
+    `transport` (tests, or requests via `RequestsTransport`) runs on a bounded thread pool
+    instead. TLS verification is always on (`ca_file` or the system CAs).
     """
 
     def __init__(self, config: SecSignConfig, *, transport: Transport | None = None) -> None:
@@ -104,8 +106,8 @@ class SecSignClient:
         self._rest = RestApi(config)
         self._api: Dialect = LegacyApi(config) if config.api == "legacy" else self._rest
         self._owned: RequestsTransport | None = None
-        if transport is None:
-            transport = self._owned = RequestsTransport(config.ca_file)
+        self._aio = AiohttpTransport(config.ca_file, config.max_connections) \
+            if transport is None else None
         self._transport = transport
         self._timeout = config.request_timeout_seconds
         self._executor = ThreadPoolExecutor(config.max_connections, thread_name_prefix="secsign")
@@ -212,6 +214,8 @@ class SecSignClient:
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         if self._owned is not None:
             self._owned.close()
+        if self._aio is not None:
+            await self._aio.close()
 
     # -- a push, step by step ---------------------------------------------------------------
     async def _start(self, asked: str, name: str, address: str) -> Begun:
@@ -321,8 +325,17 @@ class SecSignClient:
         return None, Garbage(detail) if nonsense else Unavailable(detail)
 
     async def _send(self, request: HttpRequest) -> HttpResponse:
-        """One exchange on a worker thread. A slot is held until the thread is really done,
-        so at most `max_connections` exchanges run, even when a caller gave up waiting."""
+        """One exchange, on the loop (aiohttp) or on a worker thread (a blocking transport).
+
+        A slot is held until the exchange is really done, so at most `max_connections` run,
+        even when a caller gave up waiting.
+        """
+        if self._aio is not None:
+            if self._closed:
+                raise TransportError("the SecSign ID client is closed")
+            async with self._slots, asyncio.timeout(self._timeout + GUARD_SECONDS):
+                return await self._aio(request, self._timeout)
+        assert self._transport is not None
         loop = asyncio.get_running_loop()
         await self._slots.acquire()
         try:
