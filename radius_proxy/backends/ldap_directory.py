@@ -290,8 +290,11 @@ class LdapDirectory:
         })
         self._executor = ThreadPoolExecutor(max_workers=config.pool_size,
                                             thread_name_prefix="ldap")
-        self._service: _Service | None = None
-        self._service_lock = threading.Lock()
+        # Service-account connections, one per worker at most: searches run in parallel
+        # (one shared connection serialised them: over a second per login under load).
+        self._idle_services: list[_Service] = []
+        self._services_lock = threading.Lock()
+        self._service_slots = threading.BoundedSemaphore(config.pool_size)
         self._dead_until: dict[str, float] = {}
         self._state_lock = threading.Lock()
         for url in config.urls:
@@ -503,35 +506,38 @@ class LdapDirectory:
         A failure on a connection that was just opened marks its server dead; one on a
         kept connection may just be an idle timeout, so it is only reopened.
         """
-        if not self._service_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise _Unavailable("service connection busy until the deadline")
+        if not self._service_slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise _Unavailable("service connections busy until the deadline")
         try:
             for _ in range(len(self._config.urls) + 1):
-                fresh = self._service is None
-                service = self._service or self._connect_service(deadline)
-                self._service = service
+                with self._services_lock:
+                    kept = self._idle_services.pop() if self._idle_services else None
+                service = kept or self._connect_service(deadline)
                 try:
-                    return op(service)
+                    result = op(service)
                 except (LDAPException, OSError, _ServerFailure) as exc:
                     METRICS.backend_errors.labels(METRIC_LABEL).inc()
                     log.warning("ldap_service_operation_failed", server=service.url,
-                                error=_describe(exc), reused=not fresh)
-                    self._drop_service()
-                    if fresh:
+                                error=_describe(exc), reused=kept is not None)
+                    _unbind_quietly(service.conn)
+                    if kept is None:
                         self._mark_dead(service.url, _describe(exc))
+                    else:  # the others kept from before are likely stale too (a restart)
+                        self._close_service()
                     _check_deadline(deadline)
+                    continue
+                with self._services_lock:
+                    self._idle_services.append(service)
+                return result
             raise _Unavailable("every directory server failed")
         finally:
-            self._service_lock.release()
-
-    def _drop_service(self) -> None:
-        if self._service is not None:
-            _unbind_quietly(self._service.conn)
-            self._service = None
+            self._service_slots.release()
 
     def _close_service(self) -> None:
-        with self._service_lock:
-            self._drop_service()
+        with self._services_lock:
+            services, self._idle_services = self._idle_services, []
+        for service in services:
+            _unbind_quietly(service.conn)
 
     # -- the directory operations ------------------------------------------------------------
 
