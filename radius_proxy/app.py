@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import typing
 from dataclasses import dataclass, field
@@ -288,6 +289,7 @@ async def run(config: Config, grace: float | None = None) -> int:
     """Run until SIGTERM or SIGINT; then finish the work in flight and exit 0."""
     app = App(config)
     await app.start()
+    collector = asyncio.create_task(_collect_when_quiet(app))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -299,5 +301,30 @@ async def run(config: Config, grace: float | None = None) -> int:
     log.info("stopping", in_flight=app.server.in_flight if app.server else 0,
              grace_seconds=bound, hint="send SIGTERM again to stop without waiting")
     await app.stop(bound, interrupt=stop)
+    collector.cancel()
     log.info("stopped")
     return 0
+
+
+#: Full garbage collections stopped the loop for 250-750 ms with 10,000 pushes waiting
+#: (each waiting login holds ~90 tracked objects: tasks, contexts, timers, coroutines), which
+#: made Status-Server answers late. Objects from start-up are frozen out of collections,
+#: young generations stay cheap, and full collections run only while the proxy is quiet.
+GC_THRESHOLDS = (50_000, 50, 1_000_000)
+GC_QUIET_IN_FLIGHT = 100
+GC_INTERVAL_SECONDS = 60.0
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+async def _collect_when_quiet(app: App) -> None:
+    """A full collection now and then, when few requests are in flight (bounded pause)."""
+    tune_gc()
+    while True:
+        await asyncio.sleep(GC_INTERVAL_SECONDS)
+        if app.server is not None and app.server.in_flight < GC_QUIET_IN_FLIGHT:
+            gc.collect()

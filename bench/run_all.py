@@ -1,0 +1,119 @@
+"""Every benchmark, one after the other, each updating its own section of docs/performance.md.
+
+    .venv/bin/python bench/run_all.py [--out docs/performance.md] [--only NAME ...]
+                                      [--profile]
+
+Runs, each in a fresh interpreter with a time bound, in this order:
+
+- `core_throughput.py`: the proxy's core path side by side with FreeRADIUS (section
+  "Core throughput"; the issue's target: the proxy's core at least half of FreeRADIUS's
+  requests per second);
+- `state_store.py`, if present: the Redis state store's cost per login;
+- `pipeline_throughput.py`: LDAP + push, authentications per second ("Full pipeline
+  throughput");
+- `wait_at_scale.py`: 10 000 logins waiting on their phones ("The wait at scale");
+- `overhead.py`: the latency the proxy adds at 100 requests/s ("Overhead").
+
+Each script replaces only its own section, so the others stay as they are. At the end the
+PASS/FAIL lines of the file are printed. About 7 minutes on a 2-core machine; the
+benchmarks share the cores with whatever else runs, so the machine's load is printed before
+each one (each section records it too). `--profile` adds a py-spy profile of the proxy
+during the wait's hold (it disturbs the Status-Server figures a little).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+
+#: The issue: the proxy's core path at least half of FreeRADIUS's requests per second.
+CORE_TARGET = 0.5
+#: (name, script, extra arguments, time bound in seconds)
+STEPS = (
+    ("core", "core_throughput.py", [], 600),
+    ("state", "state_store.py", [], 600),
+    ("pipeline", "pipeline_throughput.py", [], 600),
+    ("wait", "wait_at_scale.py", [], 900),
+    ("overhead", "overhead.py", [], 600),
+)
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def verdict_lines(path: Path) -> list[str]:
+    """The table rows with a PASS or FAIL, under their section headings."""
+    out: list[str] = []
+    heading = ""
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("|") and ("PASS" in line or "FAIL" in line):
+            cells = [c.strip().replace("**", "") for c in line.strip("|").split("|")]
+            out.append(f"[{heading}] " + " | ".join(c for c in cells if c))
+    return out
+
+
+def core_ratio(path: Path) -> str | None:
+    """The issue's core-path target, read from core_throughput.py's section (not written)."""
+    text = path.read_text() if path.exists() else ""
+    found = re.search(r"Ratio radius-proxy / FreeRADIUS: ([\d.]+)", text)
+    if not found:
+        return None
+    ratio = float(found.group(1))
+    return (f"[Core throughput] radius-proxy / FreeRADIUS requests/s {ratio:.2f} | target "
+            f">= {CORE_TARGET:.1f} | {'PASS' if ratio >= CORE_TARGET else 'FAIL'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(REPO / "docs" / "performance.md"),
+                   help="the markdown file every script updates")
+    p.add_argument("--only", nargs="+", choices=[s[0] for s in STEPS],
+                   help="run only these (default: all)")
+    p.add_argument("--profile", action="store_true",
+                   help="also py-spy the proxy during the wait's hold (the pipeline section "
+                        "always has a profile, from a round of its own)")
+    args = p.parse_args(argv)
+
+    failed: list[str] = []
+    began = time.monotonic()
+    for name, script, extra, bound in STEPS:
+        if args.only and name not in args.only:
+            continue
+        path = BENCH / script
+        if not path.exists():
+            print(f"== {script}: not present, skipped", flush=True)
+            continue
+        more = ["--profile"] if args.profile and name == "wait" else []
+        argv_ = [sys.executable, str(path), "--out", args.out, *extra, *more]
+        print(f"== {script} (load average {load_average()})", flush=True)
+        t0 = time.monotonic()
+        try:
+            code = subprocess.run(argv_, cwd=REPO, timeout=bound, check=False).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+            print(f"== {script}: stopped after {bound} s", flush=True)
+        print(f"== {script}: exit {code} after {time.monotonic() - t0:.0f} s", flush=True)
+        if code != 0:
+            failed.append(script)
+    print(f"\nall done in {time.monotonic() - began:.0f} s; verdicts in {args.out}:")
+    ratio = core_ratio(Path(args.out))
+    for line in ([ratio] if ratio else []) + verdict_lines(Path(args.out)):
+        print("  " + line)
+    if failed:
+        print(f"scripts that failed to run: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
