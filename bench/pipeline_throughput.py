@@ -64,6 +64,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import report as perf_doc  # noqa: E402
 from bench.core_throughput import (  # noqa: E402
     CLK_TCK,
     SECRET,
@@ -735,21 +736,7 @@ def machine_line(info: dict[str, str]) -> str:
 
 
 def write_section(path: Path, heading: str, section: str) -> None:
-    """Replace only the section under `heading` (up to the next `## `); append it if absent."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Performance\n\nMeasured figures; each section is written by one "
-                        "script under `bench/`.\n\n" + section)
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == heading), None)
-    if start is None:
-        path.write_text("".join(lines).rstrip("\n") + "\n\n" + section)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    after = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + section + ("\n" + after if after else ""))
+    perf_doc.write_section(path, heading, section)
 
 
 def stop_all(servers: Sequence[Any]) -> None:

@@ -49,6 +49,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import report as perf_doc  # noqa: E402
 from radius_proxy.state import ChallengeContext, StateStore  # noqa: E402
 from radius_proxy.state.memory import MemoryStore  # noqa: E402
 from radius_proxy.state.redis import KeySpace, RedisStore  # noqa: E402
@@ -442,21 +443,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Result]],
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace only our section (up to the next `## ` heading); create the file if needed."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Performance\n\nMeasured figures; each section is written by one "
-                        "script under `bench/`.\n\n" + section)
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        path.write_text("".join(lines).rstrip("\n") + "\n\n" + section)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    after = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + section + ("\n" + after if after else ""))
+    """Replace only this benchmark's section of docs/performance.md."""
+    perf_doc.write_section(path, SECTION, section)
 
 
 async def run(args: argparse.Namespace, redis: RedisServer) -> dict[str, Any]:

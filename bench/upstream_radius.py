@@ -56,6 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import report as perf_doc  # noqa: E402
 from bench.core_throughput import (  # noqa: E402
     CLK_TCK,
     MAX_RATE,
@@ -708,25 +709,8 @@ def render(info: dict[str, str], a: Leg, b: Leg, sa: Summary, sb: Summary,
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace only our section (up to the next `## ` heading), keeping every other one.
-
-    core_throughput.write_section does the same for its own fixed heading only.
-    """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Performance\n\nMeasured figures; each section is written by one "
-                        "script under `bench/`.\n\n" + section)
-        return
-    text = path.read_text()
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    after = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + section + ("\n" + after if after else ""))
+    """Replace only this benchmark's section of docs/performance.md."""
+    perf_doc.write_section(path, SECTION, section)
 
 
 def print_tables(a: Leg, b: Leg, sa: Summary, sb: Summary, rate: float) -> None:

@@ -1,0 +1,25 @@
+"""docs/performance.md: one section per benchmark, each script replacing only its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HEADER = ("# Performance\n\nMeasured figures; each section is written by one script under "
+          "`bench/`.\n\n")
+
+
+def write_section(path: Path, heading: str, section: str) -> None:
+    """Replace only the section under `heading` (up to the next `## `); append it if absent."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(HEADER + section)
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == heading), None)
+    if start is None:
+        path.write_text("".join(lines).rstrip("\n") + "\n\n" + section)
+        return
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    after = "".join(lines[end:])
+    path.write_text("".join(lines[:start]) + section + ("\n" + after if after else ""))
