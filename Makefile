@@ -27,7 +27,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	scripts/install-test-servers
-	$(PY) bench/core_throughput.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
