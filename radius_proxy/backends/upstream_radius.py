@@ -56,6 +56,7 @@ from radius_proxy.pipeline.ports import (
     PrimaryOutcome,
     PrimaryResult,
 )
+from radius_proxy.protocol.packet import hide_password
 
 log = structlog.get_logger(__name__)
 
@@ -89,25 +90,6 @@ _MAX_SOCKETS_PER_SERVER = 64  # 16384 requests in flight per server
 _RECEIVE_BUFFER = 1 << 20  # replies to hundreds of requests can arrive in one burst
 #: The `backend` label of this module's metrics (the config section).
 METRIC_LABEL = "radius_upstream"
-
-
-def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
-    """User-Password hiding of RFC 2865 section 5.2, on bytes.
-
-    Padded with NULs to a multiple of 16 (an empty password becomes 16 NULs), at most 128
-    octets; c1 = p1 XOR MD5(S + RA), ci = pi XOR MD5(S + c(i-1)).
-    """
-    if len(password) > 128:
-        raise ValueError(f"a password is at most 128 octets, not {len(password)}")
-    padded = password.ljust(max(16, -(-len(password) // 16) * 16), b"\0")
-    result = bytearray()
-    last = authenticator
-    for i in range(0, len(padded), 16):
-        key = hashlib.md5(secret + last, usedforsecurity=False).digest()
-        block = bytes(a ^ b for a, b in zip(padded[i:i + 16], key, strict=True))
-        result += block
-        last = block
-    return bytes(result)
 
 
 @dataclass(slots=True)

@@ -20,9 +20,10 @@ import pyrad.packet
 import pytest
 from structlog.testing import capture_logs
 
-from radius_proxy.backends.upstream_radius import UpstreamRadius, hide_password
+from radius_proxy.backends.upstream_radius import UpstreamRadius
 from radius_proxy.pipeline.ports import PrimaryOutcome, PrimaryResult
 from radius_proxy.protocol.dictionary import load_dictionary
+from radius_proxy.protocol.packet import hide_password
 from tests.integration.upstream.conftest import (
     FakeUpstream,
     accept_signed_with,
