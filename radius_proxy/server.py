@@ -14,7 +14,6 @@ Order of work for each datagram (RFC 2865, 2869, 5080, 5997):
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import socket
 import time
@@ -129,7 +128,6 @@ class RadiusServer:
         self.config = config
         self.clients = _client_table(config)
         self.cache = DuplicateCache(config.server.reply_cache_seconds, clock)
-        self.drops: collections.Counter[str] = collections.Counter()
         self.endpoints: list[_Endpoint] = []
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -228,7 +226,6 @@ class RadiusServer:
             return
         seen = self.cache.arrive(key, pkt.authenticator)
         if seen.seen is Seen.IN_FLIGHT:
-            self.drops[pk.DropReason.DUPLICATE_IN_FLIGHT.value] += 1
             METRICS.dropped.labels(pk.DropReason.DUPLICATE_IN_FLIGHT.value).inc()
             log.debug("duplicate_in_flight", client=client.config.name, id=pkt.id)
             return
@@ -322,7 +319,6 @@ class RadiusServer:
 
     def _drop(self, reason: pk.DropReason, source: str, **fields: Any) -> None:
         """Silently discard, count, and log at most a few lines a minute per source."""
-        self.drops[reason.value] += 1
         METRICS.dropped.labels(reason.value).inc()
         allowed, suppressed = self._flood.allow(f"{reason.value}:{source}")
         if allowed:

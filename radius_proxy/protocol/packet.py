@@ -163,10 +163,6 @@ class Request:
 _ZERO16 = bytes(16)
 
 
-def packet_code(data: bytes) -> int:
-    return data[0]
-
-
 def decode_request(data: bytes, secret: bytes, dictionary: Dictionary) -> Request:
     """Check and split a request; anything structurally wrong raises MalformedPacket."""
     return Request(data, secret, dictionary)

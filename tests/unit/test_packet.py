@@ -166,10 +166,6 @@ def test_user_password_is_16_to_128_octets_in_steps_of_16(size: int, ok: bool) -
             pk.check_structure(data)
 
 
-def test_packet_code_is_the_first_octet() -> None:
-    assert pk.packet_code(raw_packet(code=12)) == pk.STATUS_SERVER
-
-
 # -- decode_request ---------------------------------------------------------------------------
 def test_decode_request_gives_header_and_raw_attributes() -> None:
     pkt = decode(request(User_Name="alice", NAS_Identifier="ssh-1"))
