@@ -74,6 +74,7 @@ from bench.core_throughput import (  # noqa: E402
     machine,
     machine_busy,
 )
+from bench.core_throughput import PROXY_TOML as CORE_PROXY_TOML  # noqa: E402
 from bench.loadgen import (  # noqa: E402
     CODE_NAMES,
     AccessRequestFactory,
@@ -90,39 +91,12 @@ DIRECT, PROXIED = "FreeRADIUS directly", "through radius-proxy"
 # speaks core_throughput.SECRET, and FreeRADIUS has one client entry for 127.0.0.1, which
 # both the load generator and the proxy's upstream socket come from. The proxy still re-hides
 # the password under its own fresh Request Authenticator.
-PROXY_TOML = """\
-[server]
-listen = ["127.0.0.1:{port}"]
-
-[[clients]]
-name = "bench"
-networks = ["127.0.0.1/32"]
-secret = "{secret}"
-require_message_authenticator = true
-
-[primary]
-backend = "radius"
+PROXY_TOML = CORE_PROXY_TOML.replace('backend = "none"', """backend = "radius"
 
 [radius_upstream]
 servers = ["127.0.0.1:{upstream}"]
 secret = "{secret}"
-
-[identity]
-sources = ["file"]
-
-[secsign]
-api = "legacy"
-servers = ["http://127.0.0.1:9"]
-
-[policy]
-no_secsign_id = "accept"
-
-[logging]
-level = "warning"
-
-[http]
-listen = ""
-"""
+""".rstrip("\n"))
 
 
 # --- servers -------------------------------------------------------------------------------
