@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support import require_binary, require_file
+from tests.support import require_binary, require_file, unavailable
 
 PAM_MODULE = "/lib/x86_64-linux-gnu/security/pam_radius_auth.so"
 
@@ -108,9 +108,8 @@ def pam_service(workdir: Path, servers: Sequence[tuple[str, str, int]],
     require_file(PAM_MODULE)
     require_binary("pamtester")
     if os.geteuid() != 0:
-        import pytest
 
-        pytest.skip("pamtester needs root to write /etc/pam.d")
+        unavailable("pamtester needs root to write /etc/pam.d")
     name = f"radius-proxy-test-{uuid.uuid4().hex[:8]}"
     conf = workdir / f"{name}.conf"
     conf.write_text("".join(f"{a}\t{s}\t{t}\n" for a, s, t in servers))

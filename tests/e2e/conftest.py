@@ -35,6 +35,7 @@ from tests.support import (
     require_binary,
     require_file,
     tcp_open,
+    unavailable,
     wait_for,
 )
 
@@ -184,7 +185,7 @@ def _run(*args: str) -> None:
 def local_account() -> Iterator[str]:
     """A throw-away local user without home directory or password, removed afterwards."""
     if os.geteuid() != 0:
-        pytest.skip("creating a local account needs root")
+        unavailable("creating a local account needs root")
     useradd, userdel = require_binary("useradd"), require_binary("userdel")
     name = f"rpx-ssh-{uuid.uuid4().hex[:8]}"
     _run(useradd, "-M", "-s", "/bin/sh", name)

@@ -11,7 +11,6 @@ challenge, or the same login, to the other instance, as a NAS failing over does.
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import subprocess
 import time
@@ -24,21 +23,13 @@ from typing import Any
 import pytest
 from pyrad import packet as rp
 
-from radius_proxy.config import StateConfig
 from radius_proxy.simulator import BackgroundSimulator, parse_rules
 from tests.clients import build_request, pam_service, udp_exchange
 from tests.conftest import PROXY_SECRET, RunningProxy, session_starts
 from tests.servers.redis import RedisServer
-from tests.support import IN_CI, REPO, free_port, python_module_cmd, wait_for
+from tests.support import REPO, free_port, python_module_cmd, wait_for
 
 STATION = "198.51.100.7"
-
-# Until config.py has the [state] fields of the Redis store (and the loader accepts
-# backend "redis"), these journeys cannot start a proxy. Remove this guard with that change.
-if "unavailable" not in {f.name for f in dataclasses.fields(StateConfig)}:
-    if IN_CI:
-        pytest.fail("config.py lacks the [state] fields of the Redis store", pytrace=False)
-    pytest.skip("config.py lacks the [state] fields of the Redis store", allow_module_level=True)
 
 
 @dataclass

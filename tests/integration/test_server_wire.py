@@ -22,6 +22,7 @@ from pyrad import packet as rp
 from radius_proxy.protocol.dictionary import load_dictionary
 from tests.clients import build_request, radclient, udp_exchange
 from tests.conftest import PROXY_SECRET, session_starts, simulator_log
+from tests.support import unavailable
 
 LOGIN = ["User-Name = alice", "User-Password = alicepass", "NAS-Identifier = sshd-1",
          "Calling-Station-Id = 192.0.2.10"]
@@ -183,7 +184,7 @@ def test_malformed_packets_never_crash_or_wedge(start_proxy) -> None:
 
 def test_ipv6_listener_answers_from_its_own_address(start_proxy, tmp_path) -> None:
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
+        unavailable("no IPv6 on this machine")
     from tests.support import free_port
 
     port6 = free_port(host="::1")

@@ -21,7 +21,7 @@ from radius_proxy.metrics import Metrics
 from radius_proxy.simulator import BackgroundSimulator
 from tests.clients import PAM_MODULE
 from tests.conftest import PROXY_SECRET, RunningProxy, session_starts
-from tests.support import REPO, require_binary, require_file
+from tests.support import REPO, require_binary, require_file, unavailable
 
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "systemd" / "radius-proxy.service"
@@ -170,7 +170,7 @@ def test_pam_radius_auth_conf_example() -> None:
 def _installed_stack(stack: Path, conf: Path) -> Iterator[str]:
     """A deploy/pam stack as a PAM service of its own, pointed at a test pam_radius_auth.conf."""
     if os.geteuid() != 0:
-        pytest.skip("pamtester needs root to write /etc/pam.d")
+        unavailable("pamtester needs root to write /etc/pam.d")
     name = f"radius-proxy-deploy-{uuid.uuid4().hex[:8]}"
     text = stack.read_text().replace("conf=/etc/pam_radius_auth.conf", f"conf={conf}")
     assert f"conf={conf}" in text

@@ -12,6 +12,7 @@ import structlog
 from radius_proxy.metrics import Metrics
 from radius_proxy.monitoring import ANY_SERVER, Monitor, self_test
 from tests.integration.ops.helpers import HttpReply, http_get
+from tests.support import unavailable
 
 
 class Switch:
@@ -167,7 +168,7 @@ def test_listen_forms(listen: str) -> None:
         try:
             await monitor.start()
         except OSError:
-            pytest.skip(f"cannot bind {listen} here")
+            unavailable(f"cannot bind {listen} here")
         try:
             assert monitor.port > 0
         finally:
