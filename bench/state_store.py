@@ -52,7 +52,8 @@ sys.path.insert(0, str(REPO))
 from bench import report as perf_doc  # noqa: E402
 from radius_proxy.state import ChallengeContext, StateStore  # noqa: E402
 from radius_proxy.state.memory import MemoryStore  # noqa: E402
-from radius_proxy.state.redis import KeySpace, RedisStore  # noqa: E402
+from radius_proxy.state.redis import RedisStore  # noqa: E402
+from radius_proxy.state.redis_support import KeySpace  # noqa: E402
 
 SECTION = "## State store (issue: shared state)"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -43,27 +43,16 @@ sharing. redis-py reconnects on the next call, so recovery needs no restart.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import contextlib
-import dataclasses
-import hashlib
-import json
-import math
 import secrets
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
 import structlog
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -72,6 +61,16 @@ from radius_proxy.log import RateLimiter
 from radius_proxy.metrics import METRICS
 from radius_proxy.state import ChallengeContext
 from radius_proxy.state.memory import MemoryStore
+from radius_proxy.state.redis_support import (
+    KeySpace,
+    decode_context,
+    encode_context,
+    make_client,
+    milliseconds,
+    redact_url,
+    setting,
+    text,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -125,179 +124,6 @@ return n
 """
 
 
-# --- pure helpers ------------------------------------------------------------------------
-
-class KeySpace:
-    """Key and channel names under one prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    @staticmethod
-    def digest(key: str) -> str:
-        return hashlib.blake2b(key.encode("utf-8"), digest_size=16).hexdigest()
-
-    def challenge(self, token: bytes) -> str:
-        return f"{self.prefix}challenge:{token.hex()}"
-
-    def remember(self, key: str) -> str:
-        return f"{self.prefix}remember:{self.digest(key)}"
-
-    def pushes(self, user: str) -> str:
-        return f"{self.prefix}pushes:{self.digest(user)}"
-
-    def claim(self, digest: str) -> str:
-        return f"{self.prefix}claim:{digest}"
-
-    def outcome(self, digest: str) -> str:
-        return f"{self.prefix}outcome:{digest}"
-
-    def channel(self, digest: str) -> str:
-        return f"{self.prefix}push:{digest}"
-
-    @property
-    def pattern(self) -> str:
-        """The pub/sub pattern of every push channel: the prefix with glob characters escaped."""
-        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
-        return f"{escaped}push:*"
-
-    def digest_of_channel(self, channel: bytes | str) -> str | None:
-        name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
-        head = f"{self.prefix}push:"
-        return name[len(head):] if name.startswith(head) else None
-
-
-def _to_json(value: Any) -> Any:
-    """bytes as {"b64": ...}, tuples as lists, str, int and None as they are."""
-    if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, tuple):
-        return [_to_json(v) for v in value]
-    if value is None or isinstance(value, str | int):
-        return value
-    raise TypeError(f"cannot store a {type(value).__name__} in a challenge context")
-
-
-def _from_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return base64.b64decode(value["b64"], validate=True)
-    if isinstance(value, list):
-        return tuple(_from_json(v) for v in value)
-    return value
-
-
-def encode_context(context: ChallengeContext) -> bytes:
-    """A ChallengeContext as compact JSON, field by field (bytes as base64)."""
-    fields = {f.name: _to_json(getattr(context, f.name))
-              for f in dataclasses.fields(ChallengeContext)}
-    return json.dumps({"v": 1, **fields}, separators=(",", ":")).encode("utf-8")
-
-
-def decode_context(data: bytes | str) -> ChallengeContext:
-    """The inverse of `encode_context`; ValueError for anything else."""
-    try:
-        raw = json.loads(data)
-        if not isinstance(raw, dict) or raw.pop("v", None) != 1:
-            raise ValueError("unexpected version")
-        context = ChallengeContext(**{k: _from_json(v) for k, v in raw.items()})
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise ValueError(f"not a challenge context: {exc}") from None
-    if not all(isinstance(v, str) for v in (context.kind, context.client, context.username)):
-        raise ValueError("not a challenge context: kind, client and username must be text")
-    return context
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def milliseconds(seconds: float) -> int:
-    """A TTL for PX: whole milliseconds, at least 1 (Redis refuses 0)."""
-    return max(1, math.ceil(seconds * 1000))
-
-
-def redact_url(url: str) -> str:
-    """The URL for a log line: any password replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def _setting(config: Any, name: str, default: Any) -> Any:
-    """A StateConfig field, or its default while config.py does not have it yet."""
-    value = getattr(config, name, default)
-    return getattr(value, "value", value)  # a Secret's text
-
-
-def connection_options(config: Any) -> dict[str, Any]:
-    """redis-py keyword arguments shared by the plain and the Sentinel client.
-
-    The URL's credentials win over `redis_username`/`redis_password` (the loader refuses
-    both); `ca_file` applies to rediss:// only.
-    """
-    timeout = float(_setting(config, "timeout_seconds", 1.0))
-    url = urllib.parse.urlsplit(config.redis_url)
-    options: dict[str, Any] = {
-        "socket_timeout": timeout, "socket_connect_timeout": timeout,
-        # One immediate retry on a broken connection (a pooled one after Redis restarted);
-        # none on a timeout, which may have executed.
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    }
-    password = _setting(config, "redis_password", "")
-    username = _setting(config, "redis_username", "")
-    if url.password is None and password:
-        options["password"] = password
-        if username:
-            options["username"] = username
-    ca_file = _setting(config, "ca_file", "")
-    if url.scheme == "rediss" and ca_file:
-        options["ssl_ca_certs"] = ca_file
-    return options
-
-
-def sentinel_addresses(sentinels: tuple[str, ...] | list[str]) -> list[tuple[str, int]]:
-    """ "host:port" (port default 26379, "[v6]:port" allowed) -> (host, port)."""
-    out = []
-    for text in sentinels:
-        host, sep, port = text.rpartition(":")
-        if not sep or ("]" not in host and ":" in host):
-            host, port = text, "26379"
-        out.append((host.strip("[]"), int(port)))
-    return out
-
-
-def make_client(config: Any) -> tuple[Redis, Sentinel | None]:
-    """A client for the configured Redis: by URL, or the Sentinel service's primary."""
-    options = connection_options(config)
-    sentinels = tuple(_setting(config, "sentinels", ()))
-    if not sentinels:
-        return Redis.from_url(config.redis_url, **options), None
-    url = urllib.parse.urlsplit(config.redis_url)
-    db = url.path.strip("/")
-    if db.isdigit():
-        options["db"] = int(db)
-    if url.password is not None:
-        options["password"] = urllib.parse.unquote(url.password)
-        if url.username:
-            options["username"] = urllib.parse.unquote(url.username)
-    sentinel_kwargs: dict[str, Any] = {k: v for k, v in options.items()
-                                       if k.startswith("socket_") or k == "retry"}
-    if url.scheme == "rediss":
-        options["ssl"] = True
-        sentinel_kwargs.update(ssl=True, ssl_ca_certs=options.get("ssl_ca_certs"))
-    sentinel_password = _setting(config, "sentinel_password", "")
-    if sentinel_password:
-        sentinel_kwargs["password"] = sentinel_password
-    sentinel = Sentinel(sentinel_addresses(sentinels),  # type: ignore[no-untyped-call]
-                        sentinel_kwargs=sentinel_kwargs, **options)
-    service = _setting(config, "sentinel_service", "mymaster")
-    client: Redis = sentinel.master_for(service, redis_class=Redis)
-    return client, sentinel
-
-
 # --- the store ---------------------------------------------------------------------------
 
 class RedisStore:
@@ -306,11 +132,11 @@ class RedisStore:
     def __init__(self, config: Any) -> None:
         self._keys = KeySpace(config.key_prefix)
         self.redis, self._sentinel = make_client(config)
-        self._timeout = float(_setting(config, "timeout_seconds", 1.0))
+        self._timeout = float(setting(config, "timeout_seconds", 1.0))
         self._deadline = 3 * self._timeout
-        self._action = str(_setting(config, "unavailable", "reject"))
+        self._action = str(setting(config, "unavailable", "reject"))
         self._memory = MemoryStore() if self._action == "memory" else None
-        self._where = (f"sentinel service {_setting(config, 'sentinel_service', 'mymaster')}"
+        self._where = (f"sentinel service {setting(config, 'sentinel_service', 'mymaster')}"
                        if self._sentinel else redact_url(config.redis_url))
         self._claim = self.redis.register_script(_CLAIM)
         self._finish = self.redis.register_script(_FINISH)
@@ -323,7 +149,7 @@ class RedisStore:
         self._watcher: asyncio.Task[None] | None = None
         self._closed = False  # background loops also stop on this: redis-py can swallow a
         # cancellation that races with its own read timeout
-        self._service = str(_setting(config, "sentinel_service", "mymaster"))
+        self._service = str(setting(config, "sentinel_service", "mymaster"))
         self._subscribed = asyncio.Event()
         self._quiet = RateLimiter(burst=1, period=10.0)
         self._down_since: float | None = None
@@ -441,7 +267,7 @@ class RedisStore:
                 while (left := end - loop.time()) > 0:
                     claim, done = await self._run("wait_push", lambda: self.redis.mget(names))
                     if done is not None:
-                        return _text(done)
+                        return text(done)
                     if claim is None:
                         return None
                     with contextlib.suppress(TimeoutError):
@@ -607,7 +433,7 @@ class RedisStore:
         if kind == "pmessage":
             digest = self._keys.digest_of_channel(message["channel"])
             if digest is not None:
-                self._resolve(digest, _text(message["data"]))
+                self._resolve(digest, text(message["data"]))
         elif kind == "psubscribe":
             self._subscribed.set()
             await self._reread_outcomes()
@@ -622,7 +448,7 @@ class RedisStore:
                 [self._keys.outcome(d) for d in digests]))
             for digest, value in zip(digests, values, strict=True):
                 if value is not None:
-                    self._resolve(digest, _text(value))
+                    self._resolve(digest, text(value))
 
     # --- Sentinel: follow a failover at once --------------------------------------------------
 
@@ -654,7 +480,7 @@ class RedisStore:
     async def _on_sentinel_message(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
             return
-        fields = _text(message["data"]).split()
+        fields = text(message["data"]).split()
         if not fields or fields[0] != self._service:
             return
         log.warning("state_failover", service=self._service,

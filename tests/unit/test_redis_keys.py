@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from radius_proxy.config import Secret
 from radius_proxy.state import ChallengeContext
-from radius_proxy.state.redis import (
+from radius_proxy.state.redis_support import (
     KeySpace,
     connection_options,
     decode_context,
