@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import secrets
@@ -25,7 +26,7 @@ from urllib.parse import parse_qsl
 from radius_proxy.simulator.httpserver import Request, Response, first_values
 from radius_proxy.simulator.icon import ACCESS_ICON_PNG_BASE64
 from radius_proxy.simulator.rules import FROZEN_ID, UNKNOWN_ID, Refusal, normalize_secsignid
-from radius_proxy.simulator.sessions import SessionInfo, Simulator
+from radius_proxy.simulator.sessions import AuthSessionState, SessionInfo, Simulator
 
 LEGACY_KINDS = {
     "ReqRequestAuthSession": "start",
@@ -42,6 +43,12 @@ _LEGACY_REQUIRED = {
 _SESSION_PATH = re.compile(r"/rest/v2/AuthSession/(-?\d{1,19})")
 _TOTP_PATH = re.compile(r"/rest/v2/TOTP/Verify/([^/]*)")
 _INVALID_SESSION = "The auth session is invalid, unknown or was canceled."
+#: The REST state answer for each state, made once: the proxy asks for it on every poll.
+_STATE_RESPONSES = {
+    state: Response(200, json.dumps({"authsessionstate": int(state)}).encode("utf-8"),
+                    "application/json")
+    for state in AuthSessionState
+}
 
 
 def parse_session_id(text: str) -> int | None:
@@ -182,15 +189,23 @@ def handle_rest(sim: Simulator, request: Request) -> Response:
 
 
 def _authorized(sim: Simulator, header: str) -> bool:
+    credentials = _basic_credentials(header)
+    return credentials is not None and sim.credentials_ok(*credentials)
+
+
+@functools.lru_cache(maxsize=64)
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    """``Authorization: Basic`` to (user, password); cached, since a client sends the same
+    header on every poll and decoding it was a visible share of a state request's cost."""
     scheme, _, encoded = header.strip().partition(" ")
     if scheme.lower() != "basic":
-        return False
+        return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        return False
+        return None
     user, _, password = decoded.partition(":")
-    return sim.credentials_ok(user, password)
+    return user, password
 
 
 def _not_allowed(allow: str) -> Response:
@@ -220,7 +235,7 @@ def _rest_state(sim: Simulator, session_id: int) -> Response:
     sim.record("state", "rest", None if info is None else info.secsignid, session_id)
     if info is None:
         return rest_error(404, _INVALID_SESSION)
-    return json_response(200, {"authsessionstate": int(info.state)})
+    return _STATE_RESPONSES[info.state]
 
 
 def _rest_cancel(sim: Simulator, session_id: int) -> Response:

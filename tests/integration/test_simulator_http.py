@@ -14,9 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import requests
@@ -96,6 +98,22 @@ def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
         assert chunk
         body += chunk
     return status, headers, body
+
+
+def read_responses(stream: BinaryIO, count: int, head_only: int = -1
+                   ) -> list[tuple[str, dict[str, str], bytes]]:
+    """``count`` responses from a buffered stream, so pipelined ones are kept apart; the
+    one numbered ``head_only`` answers a HEAD (no body whatever its Content-Length)."""
+    answers = []
+    for index in range(count):
+        status = stream.readline().decode("latin-1").rstrip("\r\n")
+        headers = {}
+        while (line := stream.readline().decode("latin-1").rstrip("\r\n")):
+            name, _, value = line.partition(":")
+            headers[name.lower()] = value.strip()
+        length = 0 if index == head_only else int(headers["content-length"])
+        answers.append((status, headers, stream.read(length)))
+    return answers
 
 
 def raw(port: int, data: bytes) -> tuple[str, dict[str, str], bytes, bool]:
@@ -419,6 +437,112 @@ def test_keep_alive_serves_several_requests_on_one_connection(
         sock.sendall(b"GET /simulator/api/log HTTP/1.0\r\n\r\n")
         status, headers, _ = read_response(sock)
         assert headers["connection"] == "close"
+        assert sock.recv(1) == b""
+
+
+def test_pipelined_requests_are_answered_in_order(server: BackgroundSimulator, url: str) -> None:
+    body = b"request=ReqNothing&apimethod=x"
+    pipelined = (
+        b"GET /simulator/api/rules HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        b"\r\nGET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"  # a blank line first is allowed
+        b"HEAD /simulator/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (len(body), body)
+    )
+    with socket.create_connection(("127.0.0.1", server.server.port), timeout=3) as sock:
+        for start, end in ((0, 40), (40, 100), (100, len(pipelined))):  # mid-head, mid-body
+            sock.sendall(pipelined[start:end])
+            time.sleep(0.05)
+        with sock.makefile("rb") as stream:
+            answers = read_responses(stream, 4, head_only=3)
+            assert stream.read() == b""  # then closed, as the last request asked
+    assert [status for status, _, _ in answers] == [
+        "HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.1 200 OK"]
+    assert answers[0][2] == b'{"rules": []}'
+    assert parse_legacy(answers[1][2].decode())["error"] == "500"
+    assert answers[3][1]["content-type"].startswith("text/html")
+    assert [a[1]["connection"] for a in answers] == ["keep-alive"] * 3 + ["close"]
+
+
+def test_garbage_after_a_good_request_is_a_400_and_the_connection_closes(
+    server: BackgroundSimulator, url: str
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.server.port), timeout=3) as sock:
+        sock.sendall(b"GET /simulator/api/rules HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01junk\r\n\r\n")
+        with sock.makefile("rb") as stream:
+            good, bad = read_responses(stream, 2)
+            assert stream.read() == b""
+    assert good[0] == "HTTP/1.1 200 OK"
+    assert (bad[0], bad[1]["connection"], bad[2]) == (
+        "HTTP/1.1 400 Bad Request", "close", b"malformed request line\n")
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET /simulator/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 6000 + b"\r\n", "200"),
+        (b"GET /simulator/ HTTP/1.1\r\nHost: x\r\n" + (b"X-Big: " + b"b" * 6000 + b"\r\n") * 3,
+         "431"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n", "200"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999999\r\n", "413"),
+    ],
+)
+def test_heads_and_bodies_are_bounded(
+    server: BackgroundSimulator, url: str, data: bytes, status: str
+) -> None:
+    """16 KiB of head and 64 KiB of body at most, whatever the number of fields."""
+    body = b"x" * 65536 if b"65536" in data else b""
+    sent = data + b"Connection: close\r\n\r\n" + body
+    status_line, _, _, closed = raw(server.server.port, sent)
+    assert (status_line.split(" ")[1], closed) == (status, True)
+
+
+def test_expect_100_continue_gets_an_interim_answer(server: BackgroundSimulator, url: str) -> None:
+    body = b"request=ReqNothing"
+    with socket.create_connection(("127.0.0.1", server.server.port), timeout=3) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        status, _, answer = read_response(sock)
+    assert (status, parse_legacy(answer.decode())["error"]) == ("HTTP/1.1 200 OK", "500")
+
+
+def test_a_client_that_pipelines_without_reading_is_throttled_not_buffered(
+    server: BackgroundSimulator, url: str
+) -> None:
+    """Reading pauses while our answers are not collected; they all arrive once they are,
+    and other clients are served meanwhile."""
+    count = 3000  # 12 MB of requests for 16 MB of answers: more than the socket buffers hold
+    request = b"GET /simulator/ HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 4000 + b"\r\n\r\n"
+    data = request * count
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.server.port))
+        sock.setblocking(False)
+        sent, stalled_since = 0, time.monotonic()
+        while sent < len(data) and time.monotonic() - stalled_since < 0.5:
+            try:
+                sent += sock.send(data[sent:])
+                stalled_since = time.monotonic()
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert sent < len(data)  # the server stopped reading: our sending stalled
+        assert requests.get(f"{url}/simulator/api/log", timeout=5).status_code == 200
+        sock.settimeout(10)
+        sender = threading.Thread(target=sock.sendall, args=(data[sent:],), daemon=True)
+        sender.start()
+        with sock.makefile("rb") as stream:
+            answers = read_responses(stream, count)
+        sender.join(10)
+    assert {status for status, _, _ in answers} == {"HTTP/1.1 200 OK"}
+
+
+def test_stopping_the_server_closes_open_connections() -> None:
+    with BackgroundSimulator(Simulator()) as background:
+        sock = socket.create_connection(("127.0.0.1", background.server.port), timeout=3)
+        sock.sendall(b"GET /simulator/api/log HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[2] == b"[]"
+    with sock:
         assert sock.recv(1) == b""
 
 

@@ -6,6 +6,7 @@ import base64
 import re
 import struct
 import zlib
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -281,6 +282,75 @@ def test_old_sessions_are_pruned_so_memory_stays_bounded() -> None:
     assert [s.secsignid for s in sim.sessions()] == ["bob"]
     assert sim.poll(old.id) is None
     assert MAX_SESSIONS >= 1000
+
+
+def test_start_among_many_pending_sessions_touches_only_that_ids_newest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim, _ = make()
+    pending = [start(sim, f"user{i}") for i in range(20_000)]
+    advanced: list[int] = []
+    original = Simulator._advance
+
+    def counting(self: Simulator, session: Any, now: float) -> None:
+        advanced.append(session.info.id)
+        original(self, session, now)
+
+    monkeypatch.setattr(Simulator, "_advance", counting)
+    again = start(sim, "user7")
+    assert advanced == [pending[7].id]  # O(1): the one session it may suspend, nothing else
+    assert state(sim, pending[7]) is S.SUSPENDED
+    assert state(sim, again) is S.PENDING
+    assert (state(sim, pending[6]), state(sim, pending[8])) == (S.PENDING, S.PENDING)
+    assert sum(info.state is S.PENDING for info in sim.sessions()) == 20_000
+
+
+def test_the_index_follows_each_ids_newest_session() -> None:
+    sim, clock = make("quick=approve:1")
+    alice1, bob1 = start(sim, "alice"), start(sim, "bob")
+    alice2 = start(sim, "alice")
+    alice3 = start(sim, "alice")
+    assert [state(sim, i) for i in (alice1, alice2, alice3, bob1)] == [
+        S.SUSPENDED, S.SUSPENDED, S.PENDING, S.PENDING]
+    assert sim.cancel(alice3.id) is not None
+    alice4 = start(sim, "alice")  # nothing waiting for alice: nothing else changes
+    assert [state(sim, i) for i in (alice2, alice3, alice4)] == [S.SUSPENDED, None, S.PENDING]
+    quick1 = start(sim, "quick")
+    clock.advance(1)
+    start(sim, "quick")
+    assert state(sim, quick1) is S.AUTHENTICATED  # ended before the second start
+    sim.reset()
+    fresh = start(sim, "alice")
+    assert (state(sim, alice4), state(sim, fresh)) == (None, S.PENDING)
+
+
+def test_expiry_and_retention_without_scanning() -> None:
+    clock = FakeClock()
+    sim = Simulator(clock=clock, session_lifetime_seconds=10, retain_seconds=5)
+    old = start(sim, "alice")
+    clock.advance(10)
+    assert state(sim, old) is S.EXPIRED  # lifetime over: still visible, for 5 s more
+    middle = start(sim, "bob")
+    clock.advance(5.5)
+    new = start(sim, "alice")  # 15.5 s after the first start: that one is dropped
+    assert sim.poll(old.id) is None
+    assert [i.id for i in sim.sessions()] == [middle.id, new.id]
+    assert state(sim, middle) is S.PENDING  # 5.5 s old: the queue stopped at it
+    clock.advance(100)
+    start(sim, "carol")
+    assert [i.secsignid for i in sim.sessions()] == ["carol"]
+    assert len(sim._newest) == 1  # the per-ID index shrinks with the sessions
+
+
+def test_beyond_the_cap_the_oldest_session_goes_first() -> None:
+    clock = FakeClock()
+    sim = Simulator(clock=clock, max_sessions=3)
+    first, *rest = [start(sim, name) for name in ("a", "b", "c", "d")]
+    assert sim.poll(first.id) is None
+    assert [i.id for i in sim.sessions()] == [i.id for i in rest]
+    again = start(sim, "d")  # evicts b, the oldest now, and suspends d's first session
+    assert [i.id for i in sim.sessions()] == [rest[1].id, rest[2].id, again.id]
+    assert state(sim, rest[2]) is S.SUSPENDED
 
 
 def test_normalize_secsignid() -> None:
