@@ -3,15 +3,20 @@
 Request context (`request_id`, `client`, `username`) is bound once per request through
 contextvars. Secrets never reach a log line: the pipeline holds them as bytes or `Secret`
 values, and the `_scrub` processor drops any key that names a password or secret.
+`info_event` writes the once-per-request audit line without the processor chain, byte for
+byte as the chain would.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
 import syslog
 import time
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
@@ -62,9 +67,16 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None 
 
     Destinations are those of the SecSign PAM module: standard output (for systemd's
     journal and containers), a file, or syslog.
+
+    Loggers are cached on first use: otherwise every call, even one the level filters
+    out, assembles a new logger (about 3.4 us against 0.3 us), and the backends make
+    several debug calls per login. So this must run before anything logs, and a test
+    that calls it must not expect a later `structlog.configure` to reach loggers it used.
     """
+    global _DIRECT
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))
+    factory = _factory(destination, stream, file, facility)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -75,9 +87,10 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=_factory(destination, stream, file, facility),
-        cache_logger_on_first_use=False,
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
     )
+    _DIRECT = _Direct(renderer, _LEVELS[level], factory() if fmt == "json" else None)
     # pyrad logs packets as hex at DEBUG, hidden passwords included: keep it quiet.
     logging.getLogger("pyrad").setLevel(logging.WARNING)
 
@@ -89,6 +102,72 @@ def _factory(destination: str, stream: TextIO | None, file: str, facility: str) 
     if destination == "file":
         return structlog.WriteLoggerFactory(open(file, "a", encoding="utf-8"))
     return structlog.PrintLoggerFactory(stream or sys.stdout)
+
+
+# --- info events on hot paths -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    """What `setup_logging` installed, for `info_event`.
+
+    `renderer` tells whether that configuration is still in force (tests reconfigure
+    structlog, `capture_logs` for one); `output` is the structlog output logger (print,
+    file or syslog, with its lock) that JSON lines go to directly, None for the console
+    format, whose lines only structlog renders.
+    """
+
+    renderer: Any
+    level: int
+    output: Any
+
+
+_DIRECT: _Direct | None = None
+
+
+def _direct() -> _Direct | None:
+    direct = _DIRECT
+    if direct is None:
+        return None
+    processors = structlog.get_config()["processors"]
+    if not processors or processors[-1] is not direct.renderer:
+        return None
+    return direct
+
+
+def info_enabled() -> bool:
+    """False when the configured level hides info events, so a hot path skips building one."""
+    direct = _direct()
+    return direct is None or direct.level <= logging.INFO
+
+
+def info_event(logger: Any, event: str, fields: dict[str, Any]) -> None:
+    """Log an info event that happens once per request (the audit event), cheaply.
+
+    With the JSON format set up by `setup_logging`, the line is built here exactly as the
+    processor chain would build it (fields, `event`, the contextvars, `level`,
+    `timestamp`, `_scrub`, json.dumps with repr for other types) and handed to the same
+    output, skipping structlog's per-call logger assembly and its chain: about a tenth of
+    the CPU. Anything else (the console format, tests' own structlog configuration) goes
+    through `logger`. `fields` is consumed.
+    """
+    direct = _direct()
+    if direct is None or direct.output is None:
+        logger.info(event, **fields)
+        return
+    if direct.level > logging.INFO:
+        return
+    fields["event"] = event
+    for key, value in structlog.contextvars.get_contextvars().items():
+        fields.setdefault(key, value)
+    fields["level"] = "info"
+    fields["timestamp"] = _utc_now().isoformat().replace("+00:00", "Z")
+    _scrub(None, "info", fields)
+    direct.output.info(json.dumps(fields, default=repr))
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
 
 
 class RateLimiter:

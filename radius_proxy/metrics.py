@@ -4,9 +4,12 @@ One registry per process (`METRICS`), so the server, the pipeline and the backen
 into the same place and `/metrics` shows it. Label values are bounded: client names come
 from the configuration, reasons and outcomes from fixed vocabularies, servers from the
 configuration.
+
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -33,6 +36,27 @@ class Metrics:
         self.backend_up = Gauge(
             "radius_proxy_backend_up", "1 when the backend server answers", ["backend", "server"],
             registry=self.registry)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def count_request(self, client: str, outcome: str, reason: str) -> None:
+        """One finished Access-Request; the labelled child is looked up once per label set.
+
+        `labels()` validates and joins the label values on every call, several times the
+        cost of the increment itself; the label sets are few (see the module docstring).
+        """
+        key = (client, outcome, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(client, outcome, reason)
+        child.inc()
+
+    def count_drop(self, reason: str) -> None:
+        """One silently discarded packet, as `count_request` does it."""
+        key = ("dropped", reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.dropped.labels(reason)
+        child.inc()
 
 
 METRICS = Metrics()

@@ -6,7 +6,8 @@ Order of work for each datagram (RFC 2865, 2869, 5080, 5997):
 3. Message-Authenticator verified, required unless the client is marked legacy;
 4. Status-Server answered at once, never cached;
 5. the duplicate cache: a retransmit in flight is dropped, an answered one gets the cached
-   bytes, a new request becomes a task if `max_pending` allows;
+   bytes, a new request is answered if `max_pending` allows: at once when nothing has to
+   wait, else in a task (`radius_proxy.eager`);
 6. the pipeline decides, inside one fail-closed boundary; the reply leaves from the socket
    the request came to, Message-Authenticator first, Proxy-State echoed.
 """
@@ -14,10 +15,12 @@ Order of work for each datagram (RFC 2865, 2869, 5080, 5997):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +30,7 @@ from pyrad.dictionary import Dictionary
 
 from radius_proxy.config import ClientConfig, Config
 from radius_proxy.config_loader import parse_hostport
+from radius_proxy.eager import start
 from radius_proxy.errors import MalformedPacket
 from radius_proxy.log import RateLimiter
 from radius_proxy.metrics import METRICS
@@ -41,6 +45,8 @@ log = structlog.get_logger(__name__)
 _ID_PREFIX = uuid.uuid4().hex[:6] + "-"
 _REQUEST_NUMBERS = itertools.count(1)
 _CODES = {ACCEPT: pk.ACCESS_ACCEPT, CHALLENGE: pk.ACCESS_CHALLENGE}
+#: Servers of this process; the in-flight gauge reads their counters when scraped.
+_SERVERS: weakref.WeakSet[RadiusServer] = weakref.WeakSet()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +120,7 @@ class _Endpoint:
         try:
             self.sock.sendto(raw, addr)
         except OSError as exc:  # a full send buffer or an unreachable NAS: UDP may lose it
-            METRICS.dropped.labels("send_failed").inc()
+            METRICS.count_drop("send_failed")
             log.debug("send_failed", error=str(exc))
 
 
@@ -132,6 +138,7 @@ class RadiusServer:
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._flood = RateLimiter(burst=5, period=60.0, clock=clock)
+        _SERVERS.add(self)
 
     def reconfigure(self, config: Config, pipeline: Pipeline) -> None:
         """Swap clients, secrets and pipeline in one step (SIGHUP).
@@ -226,7 +233,7 @@ class RadiusServer:
             return
         seen = self.cache.arrive(key, pkt.authenticator)
         if seen.seen is Seen.IN_FLIGHT:
-            METRICS.dropped.labels(pk.DropReason.DUPLICATE_IN_FLIGHT.value).inc()
+            METRICS.count_drop(pk.DropReason.DUPLICATE_IN_FLIGHT.value)
             log.debug("duplicate_in_flight", client=client.config.name, id=pkt.id)
             return
         if seen.seen is Seen.ANSWERED:
@@ -239,27 +246,34 @@ class RadiusServer:
             self._drop(pk.DropReason.OVERLOAD, addr[0])
             return
         self.in_flight += 1
-        METRICS.in_flight.inc()
-        task = asyncio.create_task(self._answer(endpoint, pkt, attributes, client, addr, key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        answer = self._answer(endpoint, pkt, attributes, client, addr, key)
+        # Each request runs in a context of its own (its log keys), and in a Task only
+        # once it has to wait: see radius_proxy.eager.
+        try:
+            task = start(answer, contextvars.copy_context(), asyncio.get_running_loop())
+        except Exception:  # a bug past the fail-closed boundary: no reply, the NAS retries
+            log.exception("request_failed")
+            return
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # --- answering --------------------------------------------------------------------
 
     async def _answer(self, endpoint: _Endpoint, pkt: pk.Request, attributes: Attributes,
                       client: _Client, addr: Any, key: Key) -> None:
+        """Decide, cache and send; runs in the request's own context (see `_access_request`),
+        so the log keys bound here need no reset."""
         request_id = f"{_ID_PREFIX}{next(_REQUEST_NUMBERS):x}"
+        structlog.contextvars.bind_contextvars(request_id=request_id, client=client.config.name)
         raw: bytes | None = None
         try:
-            with structlog.contextvars.bound_contextvars(request_id=request_id,
-                                                         client=client.config.name):
-                raw = await self._decide(pkt, attributes, client, addr, request_id)
+            raw = await self._decide(pkt, attributes, client, addr, request_id)
         except asyncio.CancelledError:
             self.cache.abandon(key, pkt.authenticator)
             raise
         finally:
             self.in_flight -= 1
-            METRICS.in_flight.dec()
         if raw is None:
             self.cache.abandon(key, pkt.authenticator)
             return
@@ -269,24 +283,26 @@ class RadiusServer:
     async def _decide(self, pkt: pk.Request, attributes: Attributes, client: _Client,
                       addr: Any, request_id: str) -> bytes | None:
         """The fail-closed boundary: any unexpected exception becomes an Access-Reject."""
+        name = client.config.name
         try:
             request = self._request(pkt, attributes, client, addr, request_id)
             if isinstance(request, Decision):
                 decision = request
-                log.info("auth", outcome="reject", reason=decision.reason,
-                         client=client.config.name)
+                log.info("auth", outcome="reject", reason=decision.reason, client=name)
             else:
                 decision = await self.pipeline.handle(request, client.config)
-            METRICS.requests.labels(client.config.name, decision.outcome, decision.reason).inc()
+            METRICS.count_request(name, decision.outcome, decision.reason)
             if decision.outcome == "drop":
                 return None
+            if decision.outcome == "reject":
+                return pk.build_reply(pkt, pk.ACCESS_REJECT)
             return pk.build_reply(pkt, _CODES.get(decision.outcome, pk.ACCESS_REJECT),
-                                  decision.attributes if decision.outcome != "reject" else ())
+                                  decision.attributes)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("request_failed_closed")
-            METRICS.requests.labels(client.config.name, "reject", "internal_error").inc()
+            METRICS.count_request(name, "reject", "internal_error")
             try:
                 return pk.build_reply(pkt, pk.ACCESS_REJECT)
             except Exception:
@@ -298,20 +314,19 @@ class RadiusServer:
         """The pipeline's view of a PAP Access-Request, or a reject for what we don't do."""
         if pk.EAP_MESSAGE in pkt or pk.CHAP_PASSWORD in pkt:
             return Decision("reject", "unsupported_authentication")
-        names = pkt.get(1)
-        hidden = pkt.get(pk.USER_PASSWORD)
-        if not names or not hidden:
+        name = pkt.first(1)
+        hidden = pkt.first(pk.USER_PASSWORD)
+        if name is None or hidden is None:
             return Decision("reject", "missing_user_name_or_password")
         try:
-            username = names[0].decode("utf-8")
+            username = name.decode("utf-8")
         except UnicodeDecodeError:
             return Decision("reject", "invalid_user_name")
-        state = pkt.get(pk.STATE)
         return AuthRequest(
             request_id=request_id, client=client.config.name, client_ip=addr[0],
             username=username,
-            password=pk.unhide_password(hidden[0], client.secret, pkt.authenticator),
-            attributes=attributes, state=state[0] if state else None,
+            password=pk.unhide_password(hidden, client.secret, pkt.authenticator),
+            attributes=attributes, state=pkt.first(pk.STATE),
         )
 
     def _send(self, endpoint: _Endpoint, raw: bytes, addr: Any) -> None:
@@ -319,8 +334,16 @@ class RadiusServer:
 
     def _drop(self, reason: pk.DropReason, source: str, **fields: Any) -> None:
         """Silently discard, count, and log at most a few lines a minute per source."""
-        METRICS.dropped.labels(reason.value).inc()
+        METRICS.count_drop(reason.value)
         allowed, suppressed = self._flood.allow(f"{reason.value}:{source}")
         if allowed:
             log.warning("packet_dropped", reason=reason.value, source=source,
                         suppressed=suppressed, **fields)
+
+
+def _in_flight() -> float:
+    """The gauge's value, read at scrape time rather than counted twice per request."""
+    return float(sum(server.in_flight for server in _SERVERS))
+
+
+METRICS.in_flight.set_function(_in_flight)

@@ -92,6 +92,7 @@ class MappingFileSource:
     """Identity source "file": the mapping file, re-read when it changes on disk."""
 
     name = "file"
+    runs_without_task = True  # its only wait is asyncio.to_thread (pipeline/ports.py)
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -146,6 +147,7 @@ class UsernameSource:
     """
 
     name = "username"
+    runs_without_task = True  # never waits (pipeline/ports.py)
 
     def __init__(self, suffix: str) -> None:
         self._suffix = suffix

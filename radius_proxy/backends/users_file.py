@@ -90,6 +90,7 @@ class UsersFile:
     """The `file` primary backend; password checks run off the event loop (scrypt is slow)."""
 
     name = "file"
+    runs_without_task = True  # its only wait is the thread pool's future (pipeline/ports.py)
 
     def __init__(self, path: str, workers: int = 2) -> None:
         self._users = load_users(path)
@@ -120,9 +121,12 @@ class NoPassword:
     """Primary backend "none": the second factor alone decides (2SA, as SecSign calls it)."""
 
     name = "none"
+    runs_without_task = True  # never waits (pipeline/ports.py)
+
+    _ACCEPT = PrimaryResult(PrimaryOutcome.ACCEPT)  # a frozen value: one for every request
 
     async def authenticate(self, request: AuthRequest) -> PrimaryResult:
-        return PrimaryResult(PrimaryOutcome.ACCEPT)
+        return self._ACCEPT
 
     async def close(self) -> None:
         return None

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from radius_proxy.config import ClientConfig, Config
+from radius_proxy.eager import Deadline, in_task, shielded
 from radius_proxy.errors import StateUnavailable
+from radius_proxy.log import info_enabled, info_event
 from radius_proxy.metrics import METRICS
 from radius_proxy.pipeline import policy as pol
 from radius_proxy.pipeline.ports import (
@@ -33,7 +35,7 @@ from radius_proxy.pipeline.ports import (
     PushResult,
     SecondFactor,
 )
-from radius_proxy.pipeline.templates import fill_template
+from radius_proxy.pipeline.templates import fill_templates
 from radius_proxy.state import ChallengeContext, StateStore
 
 audit_log = structlog.get_logger("radius_proxy.audit")
@@ -44,6 +46,8 @@ MAX_REPLY_MESSAGE = 253
 RATE_LIMITED = "rate_limited"
 #: How long a finished push's outcome stays readable for requests that joined it.
 SHARED_OUTCOME_SECONDS = 30.0
+#: Identity found nowhere and no groups: a frozen value, made once.
+_NO_ENTRY = DirectoryEntry("", None, frozenset())
 
 
 def _shared_result(outcome: str | None) -> PushResult | None:
@@ -97,6 +101,10 @@ class Pipeline:
         self.store = store
         self._clock = clock
         self._pending: dict[str, asyncio.Task[PushResult | None]] = {}
+        # Ports that need no current Task let a request be answered in the server's
+        # hand-driven step (radius_proxy.eager); any other moves it into its Task first.
+        self._without_task = all(getattr(port, "runs_without_task", False) is True
+                                 for port in (primary, *self.identity, store))
 
     def with_config(self, config: Config) -> Pipeline:
         """A pipeline on the same backends and store with new policy (reload).
@@ -116,8 +124,9 @@ class Pipeline:
         """Answer one login, within the client's NAS timeout; log the audit event."""
         trace = _Trace(self._clock())
         try:
-            async with asyncio.timeout(client.nas_timeout_seconds):
-                decision = await self._run(request, client, trace)
+            # asyncio.timeout, but free when nothing waits (and usable without a Task)
+            decision = await Deadline(self._run(request, client, trace),
+                                      client.nas_timeout_seconds)
         except TimeoutError:
             decision = Decision(REJECT, "timeout")
         except StateUnavailable:
@@ -136,6 +145,8 @@ class Pipeline:
     # --- the stages, in order ---------------------------------------------------------
 
     async def _run(self, request: AuthRequest, client: ClientConfig, trace: _Trace) -> Decision:
+        if not self._without_task:
+            await in_task()
         if request.state is not None:
             context = await self.store.take_challenge(request.state)
             if context is None or context.client != client.name or \
@@ -173,7 +184,11 @@ class Pipeline:
         """Stage 2. With a passcode split off and the rest refused, the whole string is tried:
         the password itself may end in a comma and digits."""
         t0 = self._clock()
-        result = await self.primary.authenticate(replace(request, password=password))
+        if password != request.password:
+            request_without_code = replace(request, password=password)
+        else:
+            request_without_code = request
+        result = await self.primary.authenticate(request_without_code)
         if code is not None and result.outcome is PrimaryOutcome.REJECT:
             whole = await self.primary.authenticate(request)
             if whole.outcome is PrimaryOutcome.ACCEPT:
@@ -183,7 +198,7 @@ class Pipeline:
 
     async def _lookup_identity(self, username: str, primary: PrimaryResult) -> DirectoryEntry:
         """Stage 3: the first source with a SecSign ID wins; groups from every entry found."""
-        groups = set(primary.entry.groups) if primary.entry else set()
+        groups = frozenset(primary.entry.groups) if primary.entry else frozenset()
         found: DirectoryEntry | None = None
         for source in self.identity:
             entry = await source.lookup(username, primary)
@@ -192,8 +207,9 @@ class Pipeline:
             groups |= entry.groups
             if found is None and entry.secsign_id:
                 found = entry
-        secsign_id = found.secsign_id if found else None
-        return DirectoryEntry(found.source if found else "", secsign_id, frozenset(groups))
+        if found is None:
+            return DirectoryEntry("", None, groups) if groups else _NO_ENTRY
+        return DirectoryEntry(found.source, found.secsign_id, groups)
 
     def _final(self, verdict: pol.Verdict, primary: PrimaryResult) -> Decision:
         if verdict.action is pol.Action.ACCEPT:
@@ -247,6 +263,7 @@ class Pipeline:
         if await self._over_limit(request.username):
             return Decision(REJECT, "rate_limited")
         t0 = self._clock()
+        await in_task()  # the ID server's client is no port that runs without a Task
         result = await self.second_factor.verify_code(secsign_id, code)
         trace.second_factor_ms = (self._clock() - t0) * 1000
         verdict = pol.push_verdict(result.outcome, self.config.policy.failmode, passcode=True)
@@ -300,7 +317,7 @@ class Pipeline:
             outcome = result.outcome.value
             return result
         finally:
-            await asyncio.shield(self.store.finish_push(key, outcome, SHARED_OUTCOME_SECONDS))
+            await shielded(self.store.finish_push(key, outcome, SHARED_OUTCOME_SECONDS))
 
     async def _after_second_factor(self, request: AuthRequest, client: ClientConfig,
                                    primary: PrimaryResult, verdict: pol.Verdict) -> Decision:
@@ -340,20 +357,27 @@ class Pipeline:
     @staticmethod
     def _service_texts(request: AuthRequest, client: ClientConfig) -> tuple[str, str]:
         values = {"client": client.name, "user_name": request.username}
-        return (fill_template(client.service_name, request.attributes, values),
-                fill_template(client.service_address, request.attributes, values))
+        name, address = fill_templates((client.service_name, client.service_address),
+                                       request.attributes, values)
+        return name, address
 
     def _audit(self, request: AuthRequest, decision: Decision, trace: _Trace) -> None:
+        """The audit event (PRODUCT.md section 6): its keys and their order are a contract."""
+        if not info_enabled():
+            return
+
         def ms(value: float | None) -> float | None:
             return None if value is None else round(value, 1)
 
-        audit_log.info(
-            "auth", request_id=request.request_id, client=request.client,
-            nas_ip=request.first("NAS-IP-Address") or request.first("NAS-IPv6-Address"),
-            nas_identifier=request.first("NAS-Identifier"),
-            calling_station_id=request.first("Calling-Station-Id"),
-            username=request.username, secsign_id=trace.secsign_id, outcome=decision.outcome,
-            reason=decision.reason, primary_ms=ms(trace.primary_ms),
-            second_factor_ms=ms(trace.second_factor_ms),
-            total_ms=ms((self._clock() - trace.started) * 1000), **trace.notes,
-        )
+        first = request.first
+        fields = {
+            "request_id": request.request_id, "client": request.client,
+            "nas_ip": first("NAS-IP-Address") or first("NAS-IPv6-Address"),
+            "nas_identifier": first("NAS-Identifier"),
+            "calling_station_id": first("Calling-Station-Id"),
+            "username": request.username, "secsign_id": trace.secsign_id,
+            "outcome": decision.outcome, "reason": decision.reason,
+            "primary_ms": ms(trace.primary_ms), "second_factor_ms": ms(trace.second_factor_ms),
+            "total_ms": ms((self._clock() - trace.started) * 1000), **trace.notes,
+        }
+        info_event(audit_log, "auth", fields)

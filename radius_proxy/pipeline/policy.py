@@ -40,15 +40,23 @@ def member(groups: Iterable[str], wanted: Iterable[str]) -> bool:
 def decide(policy: PolicyConfig, *, groups: frozenset[str], secsign_id: str | None) -> Verdict:
     """Who may log in, and who needs the second factor (PRODUCT.md section 3, [policy])."""
     if policy.allow_groups and not member(groups, policy.allow_groups):
-        return Verdict(Action.REJECT, "not_in_allowed_group")
+        return _NOT_ALLOWED
     if member(groups, policy.bypass_2fa_groups):
-        return Verdict(Action.ACCEPT, "bypass_group")
+        return _BYPASS
     if policy.require_2fa_groups and not member(groups, policy.require_2fa_groups):
-        return Verdict(Action.ACCEPT, "2fa_not_required")
+        return _NOT_REQUIRED
     if secsign_id is None:
-        action = Action.ACCEPT if policy.no_secsign_id == "accept" else Action.REJECT
-        return Verdict(action, "no_secsign_id")
-    return Verdict(Action.SECOND_FACTOR, "second_factor")
+        return _NO_ID_ACCEPT if policy.no_secsign_id == "accept" else _NO_ID_REJECT
+    return _SECOND_FACTOR
+
+
+# The verdicts are frozen values; made once, as `decide` runs for every request.
+_NOT_ALLOWED = Verdict(Action.REJECT, "not_in_allowed_group")
+_BYPASS = Verdict(Action.ACCEPT, "bypass_group")
+_NOT_REQUIRED = Verdict(Action.ACCEPT, "2fa_not_required")
+_NO_ID_ACCEPT = Verdict(Action.ACCEPT, "no_secsign_id")
+_NO_ID_REJECT = Verdict(Action.REJECT, "no_secsign_id")
+_SECOND_FACTOR = Verdict(Action.SECOND_FACTOR, "second_factor")
 
 
 _PUSH_REASONS = {

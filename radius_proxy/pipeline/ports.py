@@ -1,9 +1,14 @@
 """The ports of the pipeline: what each stage is given, and what it answers.
 
 Every stage is a small `typing.Protocol` with one async method, so the server hands in the
-real backend and a unit test hands in a fake. Results are frozen values; an expected outcome
-(wrong password, denied push, timeout) is a value, never an exception. Exceptions mean a bug
-or a misconfiguration and end at the server's fail-closed boundary.
+real backend and a unit test hands in a fake. A port whose methods need no current Task
+(no `asyncio.timeout`, no `asyncio.current_task`) may say so with a class attribute
+`runs_without_task = True`: a request whose ports all say so is answered without a Task
+when nothing waits (radius_proxy.eager); without it, the pipeline moves into a Task first.
+
+Results are frozen values; an expected outcome (wrong password, denied push, timeout) is a
+value, never an exception. Exceptions mean a bug or a misconfiguration and end at the
+server's fail-closed boundary.
 """
 
 from __future__ import annotations

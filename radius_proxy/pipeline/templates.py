@@ -7,13 +7,17 @@ shows less, the login still works.
 
 from __future__ import annotations
 
+import functools
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from radius_proxy.pipeline.ports import Attributes
 from radius_proxy.protocol.dictionary import snake_case
 
 MAX_TEXT = 200
+
+#: A template split into (literal text, placeholder name or None) pairs.
+_Parts = tuple[tuple[str, str | None], ...]
 
 
 class _Values(dict[str, str]):
@@ -23,8 +27,41 @@ class _Values(dict[str, str]):
 
 def fill_template(template: str, attributes: Attributes, extra: Mapping[str, str]) -> str:
     """The template with every placeholder replaced; never raises for a missing name."""
+    return fill_templates((template,), attributes, extra)[0]
+
+
+def fill_templates(templates: Sequence[str], attributes: Attributes,
+                   extra: Mapping[str, str]) -> tuple[str, ...]:
+    """Several templates of one request (a push has two), its values gathered once."""
     values = _Values({snake_case(k): str(v[0]) for k, v in attributes.items() if v})
     values.update(extra)
+    return tuple(_fill(template, values) for template in templates)
+
+
+def _fill(template: str, values: _Values) -> str:
+    parts = _compile(template)
+    if parts is None:
+        return _format(template, values)
+    return "".join(literal + values[name] if name is not None else literal
+                   for literal, name in parts)[:MAX_TEXT]
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(template: str) -> _Parts | None:
+    """The template parsed once (there are two per client); None when it needs the whole
+    `string.Formatter` (format specs, conversions, indexing, positional fields)."""
+    parts: list[tuple[str, str | None]] = []
+    try:
+        for literal, name, spec, conversion in string.Formatter().parse(template):
+            if name is not None and (spec or conversion or not name.isidentifier()):
+                return None
+            parts.append((literal, name))
+    except ValueError:
+        return None
+    return tuple(parts)
+
+
+def _format(template: str, values: _Values) -> str:
     try:
         text = string.Formatter().vformat(template, (), values)
     except (IndexError, KeyError, ValueError, AttributeError):

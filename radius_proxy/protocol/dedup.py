@@ -40,6 +40,11 @@ class Lookup:
     reply: bytes | None = None
 
 
+#: The two verdicts without a reply, made once: `arrive` runs for every request.
+_NEW = Lookup(Seen.NEW)
+_IN_FLIGHT = Lookup(Seen.IN_FLIGHT)
+
+
 class DuplicateCache:
     """Tracks requests in flight and replies sent, bounded by the reply TTL."""
 
@@ -62,10 +67,10 @@ class DuplicateCache:
         entry = self._entries.get(key)
         if entry is not None and entry.authenticator == authenticator:
             if entry.reply is None:
-                return Lookup(Seen.IN_FLIGHT)
+                return _IN_FLIGHT
             return Lookup(Seen.ANSWERED, entry.reply)
         self._entries[key] = _Entry(authenticator)
-        return Lookup(Seen.NEW)
+        return _NEW
 
     def answered(self, key: Key, authenticator: bytes, reply: bytes) -> None:
         """Store the reply of the request, unless a newer request took the key meanwhile."""

@@ -27,6 +27,10 @@ def load_dictionary(extra: Sequence[str] = ()) -> Dictionary:
     return Dictionary(str(default_dictionary_path()), *[str(p) for p in extra])
 
 
+@functools.lru_cache(maxsize=1024)
 def snake_case(attribute_name: str) -> str:
-    """"NAS-Identifier" -> "nas_identifier", the form used in templates and logs."""
+    """"NAS-Identifier" -> "nas_identifier", the form used in templates and logs.
+
+    Remembered: the names come from the dictionary, and every push asks for them again.
+    """
     return attribute_name.lower().replace("-", "_")

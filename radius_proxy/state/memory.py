@@ -17,6 +17,9 @@ from radius_proxy.state import ChallengeContext
 class MemoryStore:
     """Dictionaries with expiry times; single event loop, so no locks are needed."""
 
+    #: Nothing here needs a current Task (`wait_for` makes its own): see pipeline/ports.py.
+    runs_without_task = True
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._challenges: dict[bytes, tuple[float, ChallengeContext]] = {}

@@ -8,7 +8,7 @@ Each login runs through `asyncio.run`; the concurrency tests run two in one loop
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -740,7 +740,7 @@ AUDIT_KEYS = {"request_id", "client", "nas_ip", "nas_identifier", "calling_stati
 
 
 def audit_of(w: World, *requests: AuthRequest, client: ClientConfig = SSH
-             ) -> list[dict[str, Any]]:
+             ) -> list[MutableMapping[str, Any]]:
     with structlog.testing.capture_logs() as logs:
         for r in requests:
             w.handle(r, client)
@@ -751,7 +751,7 @@ def audit_of(w: World, *requests: AuthRequest, client: ClientConfig = SSH
     return events
 
 
-def assert_no_secret(events: Sequence[dict[str, Any]], *secrets: bytes) -> None:
+def assert_no_secret(events: Sequence[Mapping[str, Any]], *secrets: bytes) -> None:
     text = repr(events)
     for secret in secrets:
         assert secret not in text.encode()
@@ -836,3 +836,83 @@ def test_audit_event_of_a_timeout() -> None:
     (event,) = [e for e in logs if e["event"] == "auth"]
     assert (event["outcome"], event["reason"]) == ("reject", "timeout")
     assert_no_secret(logs, b"alicepass")
+
+
+# -- answered without a Task when nothing waits (radius_proxy.eager) ---------------------------
+class TaskBoundPrimary(FakePrimary):
+    """A backend that needs a current Task before it waits (asyncio.timeout), as most do."""
+
+    async def authenticate(self, request: AuthRequest) -> PrimaryResult:
+        async with asyncio.timeout(1):
+            await asyncio.sleep(0)
+            return await super().authenticate(request)
+
+
+class TaskFreeIdentity(FakeIdentity):
+    runs_without_task = True
+
+
+class TaskFreePrimary(FakePrimary):
+    runs_without_task = True
+
+
+def drive_by_hand(w: World, request: AuthRequest) -> tuple[Decision, bool]:
+    """As the server does it: step handle() by hand from a callback; (decision, needed a Task)."""
+    import contextvars
+
+    from radius_proxy.eager import start
+
+    decisions: list[Decision] = []
+
+    async def answer() -> None:
+        decisions.append(await w.pipeline.handle(request, SSH))
+
+    async def scenario() -> bool:
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None] | None] = []
+        loop.call_soon(lambda: tasks.append(start(answer(), contextvars.copy_context(), loop)))
+        await asyncio.sleep(0)
+        task = tasks[0]
+        if task is not None:
+            await task
+        return task is not None
+
+    used_task = asyncio.run(scenario())
+    return decisions[0], used_task
+
+
+def test_ports_that_need_a_task_get_one_before_they_are_called() -> None:
+    w = World()
+    w.primary = TaskBoundPrimary(w.clock)
+    w.pipeline = Pipeline(config=w.config, primary=w.primary, identity=[w.identity],
+                          second_factor=w.second, store=w.store, clock=w.clock)
+    decision, used_task = drive_by_hand(w, req("dora"))
+    assert outcome(decision) == ("reject", "no_secsign_id")
+    assert used_task
+
+
+def test_ports_that_run_without_a_task_answer_in_the_first_step() -> None:
+    w = World()
+    w.primary = TaskFreePrimary(w.clock)
+    w.pipeline = Pipeline(config=w.config, primary=w.primary, identity=[TaskFreeIdentity()],
+                          second_factor=w.second, store=w.store, clock=w.clock)
+    decision, used_task = drive_by_hand(w, req("dora"))
+    assert outcome(decision) == ("reject", "no_secsign_id")
+    assert not used_task
+
+
+def test_a_passcode_check_gets_a_task_even_when_the_ports_need_none() -> None:
+    w = World()
+    w.primary = TaskFreePrimary(w.clock)
+
+    class TaskBoundSecondFactor(FakeSecondFactor):
+        async def verify_code(self, secsign_id: str, code: str) -> PushResult:
+            assert asyncio.current_task() is not None
+            return await super().verify_code(secsign_id, code)
+
+    w.second = TaskBoundSecondFactor(w.clock)
+    w.pipeline = Pipeline(config=w.config, primary=w.primary, identity=[TaskFreeIdentity()],
+                          second_factor=w.second, store=w.store, clock=w.clock)
+    decision, used_task = drive_by_hand(w, req(password=b"alicepass," + CODE.encode()))
+    assert outcome(decision) == ("accept", "passcode_accepted")
+    assert used_task

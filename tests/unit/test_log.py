@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from radius_proxy.log import RateLimiter, _scrub, setup_logging
+from radius_proxy.log import RateLimiter, _scrub, info_enabled, info_event, setup_logging
 
 
 class Clock:
@@ -171,3 +171,48 @@ def test_context_variables_are_merged() -> None:
         structlog.get_logger("test").warning("dropped")
     line = json.loads(stream.getvalue())
     assert (line["request_id"], line["client"], line["level"]) == ("abc123", "ssh", "warning")
+
+
+# -- info_event: the audit line without structlog's per-call work ----------------------------
+@pytest.mark.usefixtures("restore_structlog")
+def test_info_event_writes_the_line_structlog_would() -> None:
+    fields: dict[str, Any] = {"request_id": "r1", "client": "vpn", "nas_identifier": b"nas-\xff",
+                              "primary_ms": 1.5, "none": None, "bind_password": "hunter2"}
+    stream = io.StringIO()
+    setup_logging("json", "info", stream=stream)
+    log = structlog.get_logger("test")
+    with structlog.contextvars.bound_contextvars(request_id="r1", extra="ctx"):
+        log.info("auth", **fields)
+        info_event(log, "auth", dict(fields))
+    first, second = stream.getvalue().splitlines()
+    assert list(json.loads(first)) == list(json.loads(second))  # same keys, same order
+    without_time = [{k: v for k, v in json.loads(line).items() if k != "timestamp"}
+                    for line in (first, second)]
+    assert without_time[0] == without_time[1]
+    assert without_time[1]["bind_password"] == "***"
+    assert without_time[1]["extra"] == "ctx"
+    assert json.loads(second)["timestamp"].endswith("Z")
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_info_event_respects_the_level() -> None:
+    stream = io.StringIO()
+    setup_logging("json", "warning", stream=stream)
+    assert not info_enabled()
+    info_event(structlog.get_logger("test"), "auth", {"username": "alice"})
+    assert stream.getvalue() == ""
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_info_event_goes_through_structlog_when_tests_capture_or_console_renders() -> None:
+    stream = io.StringIO()
+    setup_logging("json", "info", stream=stream)
+    with structlog.testing.capture_logs() as logs:
+        assert info_enabled()
+        info_event(structlog.get_logger("test"), "auth", {"username": "alice"})
+    assert logs == [{"event": "auth", "username": "alice", "log_level": "info"}]
+    assert stream.getvalue() == ""
+    setup_logging("console", "info", stream=stream)
+    info_event(structlog.get_logger("test"), "auth", {"username": "bob"})
+    assert "auth" in stream.getvalue()
+    assert "bob" in stream.getvalue()
