@@ -153,7 +153,9 @@ class LdapConfig:
                      maximum=3600),
     )
     pool_size: int = field(
-        default=8, metadata=doc("LDAP operations in flight at once", minimum=1, maximum=256)
+        default=8,
+        metadata=doc("connections kept for user binds, one bind at a time each (service "
+                     "searches share two more)", minimum=1, maximum=256),
     )
 
 

@@ -106,14 +106,18 @@ class TestPki:
     key_file: Path
 
 
-def make_pki(directory: Path, name: str = "radius-proxy test CA") -> TestPki:
-    """Make a CA and a server certificate with openssl (EC P-256, valid for two days)."""
+def make_pki(directory: Path, name: str = "radius-proxy test CA",
+             san: str = "IP:127.0.0.1, DNS:localhost") -> TestPki:
+    """Make a CA and a server certificate with openssl (EC P-256, valid for two days).
+
+    `san` is the certificate's subjectAltName: the names a client may verify it for.
+    """
     openssl = require_binary("openssl")
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_pem = directory / "ca.key", directory / "ca.pem"
     key, csr, pem = directory / "server.key", directory / "server.csr", directory / "server.pem"
     ext = directory / "server.ext"
-    ext.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+    ext.write_text(f"subjectAltName = {san}\n"
                    "extendedKeyUsage = serverAuth\nkeyUsage = critical, digitalSignature\n"
                    "basicConstraints = critical, CA:FALSE\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
