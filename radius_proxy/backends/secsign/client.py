@@ -1,10 +1,11 @@
 """The SecSign ID client: the pipeline's `SecondFactor`, on the legacy form API or REST v2.
 
-A push is: start a session -> sleep, poll, repeat -> a final state or our deadline -> on the
+A push is: start a session -> poll, repeat -> a final state or our deadline -> on the
 deadline, or when the awaiting task is cancelled, withdraw the session at the ID server so
-the phone stops asking. Thousands of pushes wait at once, so waiting is a coroutine sleeping
-on the loop; only the HTTP exchanges leave it, into a `ThreadPoolExecutor` bounded by
-`secsign.max_connections` (requests blocks, and a blocked loop would stall every login).
+the phone stops asking. Thousands of pushes wait at once, so a waiting push is only a future
+and an entry in one poll scheduler (`poller.py`), whose few workers send the due state
+requests; HTTP runs on the loop (our HTTP/1.1 client), or for a blocking transport on a
+`ThreadPoolExecutor`, either way at most `secsign.max_connections` exchanges at once.
 
 Outcomes are values (`PushResult`), never exceptions. The one distinction that needs care is
 UNREACHABLE versus FAILED: `failmode = "safe"` lets a user in with the password alone on
@@ -17,18 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import random
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
 
-from radius_proxy.backends.secsign.aio_transport import AiohttpTransport
+from radius_proxy.backends.secsign.aio_transport import Http11Transport
 from radius_proxy.backends.secsign.legacy import LegacyApi
+from radius_proxy.backends.secsign.poller import QUIET, PollScheduler
 from radius_proxy.backends.secsign.replies import (
     AuthSession,
     Done,
@@ -49,9 +53,9 @@ from radius_proxy.backends.secsign.replies import (
 )
 from radius_proxy.backends.secsign.rest import RestApi
 from radius_proxy.backends.secsign.transport import (
+    ErrorKind,
     HttpRequest,
     HttpResponse,
-    RequestsTransport,
     Transport,
     TransportError,
 )
@@ -68,14 +72,27 @@ MAX_POLL_FAILURES = 3
 SERVER_RETRY_SECONDS = 30.0
 #: Spread polls of pushes that started together, so they do not hit the server in waves.
 JITTER = 0.1
-#: Slack over the request timeout for the loop-side guard (DNS is outside requests' timeout).
+#: Slack over the request timeout for the loop-side guard of a blocking transport (DNS is
+#: outside requests' timeout). An async transport keeps its own timeout (its contract).
 GUARD_SECONDS = 1.0
+#: Polls due within this share of the poll interval go out on the same timer wake-up.
+TICK_SHARE = 0.02
+#: ...but never more than this many seconds early.
+MAX_TICK = 0.01
 PASSCODE = re.compile(r"[0-9]{4,10}")
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 #: The `backend` label of this module's metrics (the config section).
 METRIC_LABEL = "secsign"
 
-Begun = tuple[AuthSession, StateReply] | PushResult
+#: An HTTP exchange on the loop: `await transport(request, seconds)`, TransportError if none.
+AsyncTransport = Callable[[HttpRequest, float], Awaitable[HttpResponse]]
+
+
+class _Deadline:
+    """What a push's future holds when `push_timeout_seconds` ran out first."""
+
+
+_DEADLINE: Final = _Deadline()
 
 
 class Dialect(Protocol):
@@ -92,29 +109,63 @@ class Dialect(Protocol):
     def read_cancel(self, response: HttpResponse) -> Reply: ...
 
 
+@dataclass(slots=True, eq=False)
+class _Watch:
+    """A waiting push as the poll scheduler holds it; `state` is the last one seen."""
+
+    session: AuthSession
+    api: Dialect
+    future: asyncio.Future[Reply | _Deadline]
+    state: int
+    failures: int = 0
+
+    def request(self, server: str) -> HttpRequest:
+        return self.api.state(server, self.session)
+
+    def read(self, response: HttpResponse) -> Reply:
+        return self.api.read_state(response, self.session)
+
+
+#: A started push, waiting for the phone, or the outcome of a start that went no further.
+Begun = _Watch | PushResult
+
+
 class SecSignClient:
     """`SecondFactor` against the SecSign ID servers of `config`, tried in order.
 
-    By default HTTP runs on the event loop (aiohttp, see `aio_transport.py`); a blocking
-    `transport` (tests, or requests via `RequestsTransport`) runs on a bounded thread pool
-    instead. TLS verification is always on (`ca_file` or the system CAs).
+    By default HTTP runs on the event loop (`aio_transport.py`), and so does any
+    async `transport`; a blocking one (tests, or requests via `RequestsTransport`) runs on a
+    bounded thread pool instead. TLS verification is always on (`ca_file` or the system CAs).
     """
 
-    def __init__(self, config: SecSignConfig, *, transport: Transport | None = None) -> None:
+    def __init__(self, config: SecSignConfig, *,
+                 transport: Transport | AsyncTransport | None = None) -> None:
         self._config = config
         self._servers = tuple(server.rstrip("/") for server in config.servers)
         self._rest = RestApi(config)
         self._api: Dialect = LegacyApi(config) if config.api == "legacy" else self._rest
-        self._owned: RequestsTransport | None = None
-        self._aio = AiohttpTransport(config.ca_file, config.max_connections) \
-            if transport is None else None
-        self._transport = transport
+        self._owned: Http11Transport | None = None
+        self._aio: AsyncTransport | None = None
+        self._transport: Transport | None = None
+        if transport is None:
+            self._aio = self._owned = Http11Transport(config.ca_file, config.max_connections)
+        elif _is_async(transport):
+            self._aio = transport  # type: ignore[assignment]  # checked by _is_async
+        else:
+            self._transport = transport  # type: ignore[assignment]
         self._timeout = config.request_timeout_seconds
         self._executor = ThreadPoolExecutor(config.max_connections, thread_name_prefix="secsign")
         self._slots = asyncio.Semaphore(config.max_connections)
         self._down_until: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()  # noqa: S311 (poll jitter, not a secret)
+        interval = config.poll_interval_seconds
+        self._poll_low = interval * (1 - JITTER)
+        self._poll_spread = interval * 2 * JITTER
+        self._polls = PollScheduler[_Watch](self._poll, config.max_connections,
+                                             min(MAX_TICK, interval * TICK_SHARE))
+        self._orders = {first: (first, *(s for s in self._servers if s != first))
+                        for first in self._servers}
         self._closing = self._closed = False
         _warn_about(config, self._servers)
         for server in self._servers:
@@ -131,31 +182,11 @@ class SecSignClient:
             return PushResult(PushOutcome.UNKNOWN_ID, "not a valid SecSign ID")
         name = service_name.strip() or self._config.plugin_name or "radius-proxy"
         address = service_address.strip() or name
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.push_timeout_seconds
-        start = self._spawn(self._start(asked, name, address))
-        try:
-            async with asyncio.timeout_at(deadline):
-                begun = await asyncio.shield(start)
-                if isinstance(begun, PushResult):
-                    return _finished(asked, begun)
-                result = await self._wait(*begun)
-        except TimeoutError:
-            what = "the phone did not answer" if start.done() else "no ID server answered"
-            await self._withdraw(start)
-            return _finished(asked, PushResult(
-                PushOutcome.TIMEOUT,
-                f"{what} within {self._config.push_timeout_seconds:g} s"))
-        except asyncio.CancelledError:
-            _log.debug("secsign.push.abandoned", secsign_id=asked)
-            await self._withdraw(start)
-            raise
-        except Exception:  # a bug: withdraw the push, then let the server's boundary reject
-            await self._withdraw(start)
-            raise
-        if result.outcome is PushOutcome.FAILED:
-            await self._withdraw(start)
-        return _finished(asked, result)
+        deadline = asyncio.get_running_loop().time() + self._config.push_timeout_seconds
+        begun = await self._begin(asked, name, address, deadline)
+        if isinstance(begun, PushResult):
+            return _finished(asked, begun)
+        return _finished(asked, await self._wait(begun, deadline))
 
     async def verify_code(self, secsign_id: str, code: str) -> PushResult:
         """Check a TOTP passcode at the ID server (REST only: the legacy API has no TOTP)."""
@@ -211,13 +242,33 @@ class SecSignClient:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self._closed = True
+        await self._polls.close(_closed)
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         if self._owned is not None:
-            self._owned.close()
-        if self._aio is not None:
-            await self._aio.close()
+            await self._owned.close()
 
     # -- a push, step by step ---------------------------------------------------------------
+    async def _begin(self, asked: str, name: str, address: str, deadline: float) -> Begun:
+        """Start the session, in a task of its own so that giving up cannot lose it.
+
+        If the deadline passes or the caller is cancelled while the start is in flight, the
+        ID server may already have created the session; the start then runs on, and its
+        session is withdrawn as soon as it is known. Once started, the task is dropped: a
+        waiting push holds no task of its own.
+        """
+        start = asyncio.get_running_loop().create_task(self._start(asked, name, address))
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(start)
+        except TimeoutError:
+            self._spawn(self._cancel_when_started(start))
+            return PushResult(PushOutcome.TIMEOUT, "no ID server answered within "
+                                                   f"{self._config.push_timeout_seconds:g} s")
+        except (asyncio.CancelledError, Exception):  # a bug re-raises to the server's boundary
+            _log.debug("secsign.push.abandoned", secsign_id=asked)
+            self._spawn(self._cancel_when_started(start))
+            raise
+
     async def _start(self, asked: str, name: str, address: str) -> Begun:
         api = self._api
         server, reply = await self._ask(lambda s: api.start(s, asked, name, address),
@@ -227,54 +278,93 @@ class SecSignClient:
             _log.debug("secsign.push.started", secsign_id=asked, server=server, api=api.name,
                        authsessionid=reply.session_id)
             state = SessionState.PENDING if reply.state is None else reply.state
-            return session, StateReply(state, reply.secsign_id)
+            first = StateReply(state, reply.secsign_id)
+            if _still_waiting(session, first):
+                return _Watch(session, api, asyncio.get_running_loop().create_future(), state)
+            return self._conclude(session, first)
         return _failure(asked, reply)
 
-    async def _wait(self, session: AuthSession, reply: Reply) -> PushResult:
-        """Poll until a final state; MAX_POLL_FAILURES rounds without an answer FAIL the push."""
-        api = self._api
-        failures = 0
-        last: int | None = None
-        while True:
-            if isinstance(reply, StateReply):
-                failures = 0
-                verdict = _judge(session, reply, last)
-                if verdict is not None:
-                    return verdict
-                last = reply.state
-            elif isinstance(reply, Refused):
-                return _failure(session.secsign_id, reply)
-            else:
-                failures += 1
-                detail = detail_of(reply)
-                _log.debug("secsign.push.poll_failed", secsign_id=session.secsign_id,
-                           attempt=failures, error=detail)
-                if failures >= MAX_POLL_FAILURES:
-                    return PushResult(PushOutcome.FAILED,
-                                      f"the ID server failed during the push: {detail}")
-            await asyncio.sleep(self._interval())
-            _, reply = await self._ask(
-                lambda s: api.state(s, session), lambda r: api.read_state(r, session),
-                idempotent=True, first=session.server, what="state")
+    async def _wait(self, watch: _Watch, deadline: float) -> PushResult:
+        """Wait for a final state, polled by the scheduler; withdraw the push unless the
+        phone or the server ended it.
 
-    async def _withdraw(self, start: asyncio.Task[Begun]) -> None:
-        """Cancel the push's session at the ID server, whenever its start completes.
+        The deadline is a plain timer that resolves the push's future: it ends the wait on
+        time even while a poll is in flight, and needs no task of its own.
+        """
+        loop = asyncio.get_running_loop()
+        self._polls.schedule(watch, loop.time() + self._interval())
+        expiry = loop.call_at(deadline, _expire, watch.future, context=QUIET)
+        try:
+            final = await watch.future
+        except (asyncio.CancelledError, Exception):  # a bug re-raises to the server's boundary
+            _log.debug("secsign.push.abandoned", secsign_id=watch.session.secsign_id)
+            self._withdraw(watch.session)
+            raise
+        finally:
+            expiry.cancel()
+        if isinstance(final, _Deadline):
+            self._withdraw(watch.session)
+            return PushResult(PushOutcome.TIMEOUT, "the phone did not answer within "
+                                                   f"{self._config.push_timeout_seconds:g} s")
+        return self._conclude(watch.session, final)
+
+    def _conclude(self, session: AuthSession, reply: Reply) -> PushResult:
+        """A started push's final answer as its outcome; a FAILED push is withdrawn, since
+        the session may still be open at the ID server."""
+        result = _verdict(session, reply)
+        if result.outcome is PushOutcome.FAILED:
+            self._withdraw(session)
+        return result
+
+    async def _poll(self, watch: _Watch) -> None:
+        """One state request for a waiting push (run by the scheduler's workers): schedule
+        the next one, or hand the final answer to the push's coroutine.
+
+        The verdict, and its log line, is left to that coroutine: it runs in the request's
+        logging context, a worker does not. MAX_POLL_FAILURES rounds in a row without a
+        usable answer end the wait.
+        """
+        session = watch.session
+        _, reply = await self._ask(watch.request, watch.read, idempotent=True,
+                                   first=session.server, what="state")
+        if watch.future.done():  # the deadline passed, or the caller gave up, meanwhile
+            return
+        if isinstance(reply, StateReply):
+            watch.failures = 0
+            if _still_waiting(session, reply):
+                if reply.state != watch.state:
+                    watch.state = reply.state
+                    _log.debug("secsign.push.state", secsign_id=session.secsign_id,
+                               authsessionid=session.session_id, state=state_name(reply.state))
+                self._polls.schedule(watch, asyncio.get_running_loop().time() + self._interval())
+                return
+        elif not isinstance(reply, Refused):
+            watch.failures += 1
+            _log.debug("secsign.push.poll_failed", secsign_id=session.secsign_id,
+                       attempt=watch.failures, error=detail_of(reply))
+            if watch.failures < MAX_POLL_FAILURES:
+                self._polls.schedule(watch, asyncio.get_running_loop().time() + self._interval())
+                return
+        watch.future.set_result(reply)
+
+    def _withdraw(self, session: AuthSession) -> None:
+        """Cancel the push's session at the ID server, so the phone stops asking.
 
         The cancel runs as its own task, so a second cancellation of the caller cannot stop
         it, and the caller does not wait for it: the NAS must get its reject before its own
         timeout, which the push timeout already nearly fills. `close()` waits for it.
         """
-        self._spawn(self._cancel_session(start))
-        await asyncio.sleep(0)
+        self._spawn(self._cancel(session))
 
-    async def _cancel_session(self, start: asyncio.Task[Begun]) -> None:
+    async def _cancel_when_started(self, start: asyncio.Task[Begun]) -> None:
         try:
             begun = await start
         except Exception:  # the start itself broke; push() re-raises it
             return
-        if isinstance(begun, PushResult):
-            return
-        session = begun[0]
+        if not isinstance(begun, PushResult):
+            await self._cancel(begun.session)
+
+    async def _cancel(self, session: AuthSession) -> None:
         api = self._api
         _, reply = await self._ask(lambda s: api.cancel(s, session), api.read_cancel,
                                    idempotent=True, first=session.server, what="cancel")
@@ -286,8 +376,8 @@ class SecSignClient:
                          error=detail_of(reply))
 
     def _interval(self) -> float:
-        spread = self._rng.uniform(1 - JITTER, 1 + JITTER)
-        return float(self._config.poll_interval_seconds * spread)
+        """The poll interval with +-JITTER, so pushes that started together spread out."""
+        return self._poll_low + self._poll_spread * self._rng.random()
 
     # -- servers and HTTP ---------------------------------------------------------------------
     async def _ask(
@@ -308,13 +398,13 @@ class SecSignClient:
             return None, Refused(PushOutcome.FAILED, "no ID server configured")
         problems: list[str] = []
         nonsense = False
-        for server in server_order(self._servers, self._down_until, time.monotonic(), first):
+        for server in self._order(first):
             if self._closed:
                 return None, Refused(PushOutcome.FAILED, "the SecSign ID client is closed")
             try:
                 reply = read(await self._send(build(server)))
             except TransportError as error:
-                reply = Unavailable(str(error))
+                reply = _unanswered(error)
             if not falls_back(reply, idempotent):
                 self._healthy(server)
                 return server, reply
@@ -324,16 +414,24 @@ class SecSignClient:
         detail = "; ".join(problems)
         return None, Garbage(detail) if nonsense else Unavailable(detail)
 
+    def _order(self, first: str | None) -> tuple[str, ...] | list[str]:
+        """`server_order`, precomputed for the common case: every server healthy."""
+        if self._down_until:
+            return server_order(self._servers, self._down_until, time.monotonic(), first)
+        return self._servers if first is None else self._orders.get(first, self._servers)
+
     async def _send(self, request: HttpRequest) -> HttpResponse:
-        """One exchange, on the loop (aiohttp) or on a worker thread (a blocking transport).
+        """One exchange, on the loop or on a worker thread (a blocking transport).
 
         A slot is held until the exchange is really done, so at most `max_connections` run,
-        even when a caller gave up waiting.
+        even when a caller gave up waiting. On the loop the transport's own timeout bounds
+        the exchange: a second timer per exchange cost more than the rest of a poll, and a
+        push's deadline still ends its wait on time whatever a transport does.
         """
         if self._aio is not None:
             if self._closed:
                 raise TransportError("the SecSign ID client is closed")
-            async with self._slots, asyncio.timeout(self._timeout + GUARD_SECONDS):
+            async with self._slots:
                 return await self._aio(request, self._timeout)
         assert self._transport is not None
         loop = asyncio.get_running_loop()
@@ -377,18 +475,56 @@ class SecSignClient:
         return task
 
 
-def _judge(session: AuthSession, reply: StateReply, last: int | None) -> PushResult | None:
-    """A state reply's verdict, or None to keep polling; logs each state change once."""
+def _still_waiting(session: AuthSession, reply: StateReply) -> bool:
+    """A state the phone has yet to leave, reported for the SecSign ID that was asked."""
+    return outcome_for_state(reply.state) is None and _same_id(session, reply)
+
+
+def _same_id(session: AuthSession, reply: StateReply) -> bool:
+    """The ID check: the server may report the ID, and it must be ours (any spelling)."""
     reported = reply.secsign_id
-    if reported is not None and normalize_secsign_id(reported) != session.secsign_id:
-        _log.warning("secsign.push.wrong_id", secsign_id=session.secsign_id,
-                     reported=reported[:80], authsessionid=session.session_id)
-        return PushResult(PushOutcome.FAILED, "the ID server reported another SecSign ID")
-    if reply.state != last:
-        _log.debug("secsign.push.state", secsign_id=session.secsign_id,
-                   authsessionid=session.session_id, state=state_name(reply.state))
-    outcome = outcome_for_state(reply.state)
-    return None if outcome is None else PushResult(outcome, state_name(reply.state))
+    return reported is None or reported == session.secsign_id or \
+        normalize_secsign_id(reported) == session.secsign_id
+
+
+def _verdict(session: AuthSession, reply: Reply) -> PushResult:
+    """A wait's final answer as an outcome, with the log line it deserves."""
+    if isinstance(reply, StateReply):
+        if not _same_id(session, reply):
+            _log.warning("secsign.push.wrong_id", secsign_id=session.secsign_id,
+                         reported=(reply.secsign_id or "")[:80],
+                         authsessionid=session.session_id)
+            return PushResult(PushOutcome.FAILED, "the ID server reported another SecSign ID")
+        return PushResult(outcome_for_state(reply.state) or PushOutcome.FAILED,
+                          state_name(reply.state))
+    if isinstance(reply, Refused):
+        return _failure(session.secsign_id, reply)
+    return PushResult(PushOutcome.FAILED,
+                      f"the ID server failed during the push: {detail_of(reply)}")
+
+
+def _unanswered(error: TransportError) -> Reply:
+    """A failed exchange as a reply. Bytes that are not HTTP are an answer, and nonsense:
+    a start that got them is FAILED, never UNREACHABLE (which `failmode = "safe"` would let
+    in), and is not sent to the next server. Everything else means "ask the next one"."""
+    if error.kind is ErrorKind.GARBAGE:
+        return Garbage(str(error))
+    return Unavailable(str(error))
+
+
+def _expire(future: asyncio.Future[Reply | _Deadline]) -> None:
+    if not future.done():
+        future.set_result(_DEADLINE)
+
+
+def _closed(watch: _Watch) -> None:
+    watch.future.set_result(Refused(PushOutcome.FAILED, "the SecSign ID client is closed"))
+
+
+def _is_async(transport: object) -> bool:
+    """Whether calling the transport gives an awaitable (a coroutine function or object)."""
+    return inspect.iscoroutinefunction(transport) or \
+        inspect.iscoroutinefunction(type(transport).__call__)
 
 
 def _failure(asked: str, reply: Reply) -> PushResult:

@@ -48,6 +48,9 @@ UNKNOWN_ID_CODE = 20000
 FROZEN_CODE = 20006
 
 _SECSIGN_ID = re.compile(r"[\w@.\-]{1,255}", re.ASCII)
+#: Compiled once: the legacy API sends these as text in every state answer.
+_INT_TEXT = re.compile(r"-?\d{1,19}")
+_STATE_TEXT = re.compile(r"\d{1,3}")
 
 
 def state_name(state: int) -> str:
@@ -86,7 +89,7 @@ def parse_int(value: object) -> int | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"-?\d{1,19}", text):
+        if not _INT_TEXT.fullmatch(text):
             return None
         value = int(text)
     if isinstance(value, int) and -(2**63) <= value < 2**63:
@@ -100,7 +103,7 @@ def parse_state(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value if 0 <= value < 1000 else None
-    if isinstance(value, str) and re.fullmatch(r"\d{1,3}", value.strip()):
+    if isinstance(value, str) and _STATE_TEXT.fullmatch(value.strip()):
         return int(value)
     return None
 

@@ -1,8 +1,9 @@
-"""One HTTP exchange with an ID server, blocking, for a worker thread of the client's executor.
+"""The contract of one HTTP exchange with an ID server, and a blocking transport on requests.
 
-The client never does HTTP on the event loop: it hands an `HttpRequest` to a `Transport`
-(a plain callable) inside a bounded `ThreadPoolExecutor`. Production uses
-`RequestsTransport`; tests hand in a fake callable and never open a socket.
+`HttpRequest`, `HttpResponse` and `TransportError` (with its `ErrorKind`) are what the client
+and every transport share. Production runs HTTP on the event loop (`aio_transport.py`, our
+own HTTP/1.1 client); `RequestsTransport` is the blocking alternative for a worker thread of
+the client's bounded executor, and tests hand in a fake callable and never open a socket.
 
 Why a `requests.Session` per worker thread rather than one shared session: requests does
 not promise that a `Session` is thread-safe, and a worker runs one exchange at a time, so a
@@ -12,6 +13,7 @@ number of connections is bounded by the number of workers (`secsign.max_connecti
 
 from __future__ import annotations
 
+import enum
 import ssl
 import threading
 from collections.abc import Callable
@@ -28,8 +30,35 @@ MAX_BODY_BYTES = 1024 * 1024
 USER_AGENT = f"radius-proxy/{__version__}"
 
 
+class ErrorKind(enum.Enum):
+    """Why no usable HTTP answer came, for callers that treat the cases apart.
+
+    CERTIFICATE (the server's certificate did not verify: fix `secsign.ca_file` or the
+    server), TLS (any other TLS failure), CONNECT (refused, unreachable, no such host),
+    TIMEOUT (the request's total time ran out), CLOSED (the connection ended before the
+    answer was complete), GARBAGE (bytes that are not an HTTP/1.x answer, or too many of
+    them), OTHER (anything else, such as an unusable URL).
+    """
+
+    CERTIFICATE = "certificate"
+    TLS = "tls"
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    CLOSED = "closed"
+    GARBAGE = "garbage"
+    OTHER = "other"
+
+
 class TransportError(BackendError):
-    """No HTTP answer at all: refused, reset, TLS failure, timeout, an oversized body."""
+    """No HTTP answer at all: refused, reset, TLS failure, timeout, an oversized body.
+
+    The message is for logs (never a URL with credentials, never a credential); `kind` is
+    for code.
+    """
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +110,11 @@ class RequestsTransport:
             ) as response:
                 return HttpResponse(response.status_code, _read_bounded(response))
         except requests.exceptions.SSLError as error:
-            raise TransportError(_tls_problem(error)) from error
+            raise TransportError(*_tls_problem(error)) from error
         except requests.RequestException as error:
             # The class name says enough (ConnectTimeout, ReadTimeout...); requests' messages
             # are long and carry the whole URL.
-            raise TransportError(type(error).__name__) from error
+            raise TransportError(type(error).__name__, _kind_of(error)) from error
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
@@ -113,12 +142,21 @@ def _read_bounded(response: requests.Response) -> bytes:
     for chunk in response.iter_content(chunk_size=16 * 1024):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise TransportError(f"answer larger than {MAX_BODY_BYTES} bytes")
+            raise TransportError(f"answer larger than {MAX_BODY_BYTES} bytes",
+                                 ErrorKind.GARBAGE)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _tls_problem(error: BaseException) -> str:
+def _kind_of(error: requests.RequestException) -> ErrorKind:
+    if isinstance(error, requests.exceptions.Timeout):
+        return ErrorKind.TIMEOUT
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return ErrorKind.CONNECT
+    return ErrorKind.OTHER
+
+
+def _tls_problem(error: BaseException) -> tuple[str, ErrorKind]:
     """Say whether the certificate failed verification (and point at ca_file), or TLS itself."""
     seen: set[int] = set()
     stack: list[object] = [error]
@@ -128,7 +166,12 @@ def _tls_problem(error: BaseException) -> str:
             continue
         seen.add(id(item))
         if isinstance(item, ssl.SSLCertVerificationError):
-            return (f"TLS certificate verification failed: {item.verify_message} "
-                    "(check secsign.ca_file)")
+            return certificate_problem(item), ErrorKind.CERTIFICATE
         stack.extend([item.__cause__, item.__context__, *item.args])
-    return "TLS handshake failed (SSLError)"
+    return "TLS handshake failed (SSLError)", ErrorKind.TLS
+
+
+def certificate_problem(error: ssl.SSLCertVerificationError) -> str:
+    """The log message for a certificate that did not verify, pointing at the fix."""
+    return (f"TLS certificate verification failed: {error.verify_message} "
+            "(check secsign.ca_file)")
