@@ -195,11 +195,15 @@ class App:
         self.server = RadiusServer(config, self.pipeline, dictionary)
         await self.server.start()
         probes = self.probes()
-        if config.http.listen:
-            self.monitor = Monitor(config.http.listen, probes)
-            await self.monitor.start()
+        await self._start_monitor(probes)
         # In the background: a directory that hangs must not delay listening.
         self._self_test = asyncio.create_task(self_test(probes), name="self-test")
+
+    async def _start_monitor(self, probes: dict[str, Probe]) -> None:
+        """The HTTP endpoint of `[http] listen`; a worker of several reports instead (workers/)."""
+        if self.config.http.listen:
+            self.monitor = Monitor(self.config.http.listen, probes)
+            await self.monitor.start()
 
     def probes(self) -> dict[str, Probe]:
         """The backends' probes, plus the state store's when it has one (Redis)."""
@@ -285,9 +289,12 @@ def _reload(app: App) -> None:
     log.info("reloaded", clients=len(config.clients), needs_restart=needs_restart)
 
 
-async def run(config: Config, grace: float | None = None) -> int:
-    """Run until SIGTERM or SIGINT; then finish the work in flight and exit 0."""
-    app = App(config)
+async def run(config: Config, grace: float | None = None, app: App | None = None) -> int:
+    """Run until SIGTERM or SIGINT; then finish the work in flight and exit 0.
+
+    `app` is for a worker of `server.workers`, which brings its own kind of App.
+    """
+    app = App(config) if app is None else app
     await app.start()
     collector = asyncio.create_task(_collect_when_quiet(app))
     stop = asyncio.Event()

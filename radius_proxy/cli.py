@@ -109,10 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"radius-proxy: cannot open the log: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from radius_proxy.app import run
-
     try:
-        return asyncio.run(run(config))
+        return asyncio.run(_serve_main(config))
     except ConfigError as exc:  # a backend file (users file, mapping file) is broken
         for problem in exc.problems:
             print(f"radius-proxy: {problem}", file=sys.stderr)
@@ -120,6 +118,24 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"radius-proxy: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+async def _serve_main(config: Config) -> int:
+    """One process; or, with server.workers > 1, a supervisor or one of its workers."""
+    from radius_proxy.workers import worker_settings
+
+    settings = worker_settings()
+    if settings is not None:
+        from radius_proxy.workers.worker import run_worker
+
+        return await run_worker(config, settings)
+    if config.server.workers > 1:
+        from radius_proxy.workers.supervisor import supervise
+
+        return await supervise(config)
+    from radius_proxy.app import run
+
+    return await run(config)
 
 
 def _check_config(args: argparse.Namespace) -> int:

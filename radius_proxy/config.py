@@ -75,6 +75,12 @@ class ServerConfig:
     dictionaries: tuple[str, ...] = field(
         default=(), metadata=doc("extra RADIUS dictionary files (FreeRADIUS format)", path=True)
     )
+    workers: int = field(
+        default=1,
+        metadata=doc("proxy processes sharing the listen addresses (Linux, SO_REUSEPORT), one "
+                     "per core; more than 1 needs [state] backend = \"redis\"", minimum=1,
+                     maximum=64),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -241,6 +241,25 @@ def _check_rules(c: Config, col: _Collector) -> None:
                 'add file = "/var/log/radius-proxy/radius-proxy.log"')
     if c.state.backend == "redis":
         _check_redis(c, col)
+    if c.server.workers > 1:
+        _check_workers(c, col)
+
+
+def _check_workers(c: Config, col: _Collector) -> None:
+    """Several worker processes are several instances on one host: the same rules apply.
+
+    A challenge answered on another worker, one push per user, the push limit and
+    remembered logins all live in the state store, so per-process memory would quietly
+    break them; and port 0 would give each worker a port of its own.
+    """
+    if c.state.backend != "redis":
+        col.add("server.workers", f"{c.server.workers} workers need shared state, but "
+                f'[state] backend is "{c.state.backend}"',
+                'set [state] backend = "redis" (and redis_url), or workers = 1')
+    for addr in c.server.listen:
+        if addr.endswith(":0"):
+            col.add("server.listen", f'"{addr}": port 0 would give each worker its own port',
+                    'name the port, e.g. "127.0.0.1:1812", or set workers = 1')
 
 
 def _check_redis(c: Config, col: _Collector) -> None:

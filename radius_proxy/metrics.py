@@ -5,6 +5,11 @@ into the same place and `/metrics` shows it. Label values are bounded: client na
 from the configuration, reasons and outcomes from fixed vocabularies, servers from the
 configuration.
 
+With `server.workers` > 1 each worker writes its values to files that the supervisor sums
+(prometheus_client's multiprocess mode); a gauge's `multiprocess_mode` says how workers
+combine (workers/supervisor.py). `in_flight` is read at scrape time in one process
+(server.py) and, in a worker, written once a second (workers/worker.py), because the
+supervisor sees only what is written to the files.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ class Metrics:
             "radius_proxy_requests", "Finished Access-Requests",
             ["client", "outcome", "reason"], registry=self.registry)
         self.in_flight = Gauge(
-            "radius_proxy_in_flight", "Authentications in flight", registry=self.registry)
+            "radius_proxy_in_flight", "Authentications in flight", registry=self.registry,
+            multiprocess_mode="livesum")  # the whole proxy's, across workers
         self.push_seconds = Histogram(
             "radius_proxy_push_seconds", "Time from push start to the phone's answer",
             buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90), registry=self.registry)
@@ -35,7 +41,7 @@ class Metrics:
             registry=self.registry)
         self.backend_up = Gauge(
             "radius_proxy_backend_up", "1 when the backend server answers", ["backend", "server"],
-            registry=self.registry)
+            registry=self.registry, multiprocess_mode="livemin")  # 0 if one worker lost it
         self._children: dict[tuple[str, ...], Any] = {}
 
     def count_request(self, client: str, outcome: str, reason: str) -> None:

@@ -55,12 +55,13 @@ class _Client:
     secret: bytes
 
 
-def _bind(host: str, port: int, receive_buffer: int) -> socket.socket:
+def _bind(host: str, port: int, receive_buffer: int, reuse_port: bool = False) -> socket.socket:
     """A non-blocking UDP socket on one address; IPv6 sockets carry IPv6 only.
 
     The receive buffer is raised because a burst (a NAS fleet retransmitting during an
     outage) arrives faster than one event loop reads it; the kernel caps the value at
-    net.core.rmem_max.
+    net.core.rmem_max. `reuse_port` lets the workers of `server.workers` bind the same
+    address; Linux then spreads datagrams by source address and port (workers.py).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -68,6 +69,8 @@ def _bind(host: str, port: int, receive_buffer: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.setblocking(False)
     except OSError:
@@ -159,7 +162,8 @@ class RadiusServer:
         loop = asyncio.get_running_loop()
         for text in self.config.server.listen:
             host, port = parse_hostport(text, allow_zero=True)
-            sock = _bind(host, port, self.config.server.receive_buffer_bytes)
+            sock = _bind(host, port, self.config.server.receive_buffer_bytes,
+                         reuse_port=self.config.server.workers > 1)
             endpoint = _Endpoint(self, len(self.endpoints), sock)
             self.endpoints.append(endpoint)
             loop.add_reader(sock.fileno(), endpoint.readable)

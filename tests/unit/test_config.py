@@ -215,6 +215,8 @@ def test_wrong_type(data: dict[str, Any], key: str, why: str) -> None:
     [
         ("server", "max_pending", 0),
         ("server", "max_pending", 1_000_001),
+        ("server", "workers", 0),
+        ("server", "workers", 65),
         ("server", "reply_cache_seconds", 0.5),
         ("server", "reply_cache_seconds", 301),
         ("secsign", "push_timeout_seconds", 0),
@@ -680,6 +682,33 @@ def test_redis_state_is_accepted_with_its_settings(tmp_path: Path) -> None:
 ])
 def test_redis_state_settings_are_checked(state: dict[str, Any], key: str, why: str) -> None:
     one_problem(cfg(state={"backend": "redis", **state}), key, why)
+
+
+# -- cross-field rules: workers ----------------------------------------------------------------
+REDIS_STATE = {"backend": "redis", "redis_url": "redis://10.0.0.7:6379/0"}
+
+
+def test_workers_take_redis_state() -> None:
+    c = config_from_mapping(cfg(server={"workers": 64, "listen": ["10.0.0.1:1812"]},
+                                state=REDIS_STATE))
+    assert c.server.workers == 64
+    assert config_from_mapping(cfg()).server.workers == 1
+
+
+@pytest.mark.parametrize("state", [None, {"backend": "memory"}])
+def test_workers_refuse_memory_state(state: dict[str, Any] | None) -> None:
+    p = one_problem(cfg(server={"workers": 2}, state=state), "server.workers",
+                    '2 workers need shared state, but [state] backend is "memory"',
+                    'backend = "redis"')
+    assert "workers = 1" in p.fix
+
+
+def test_workers_refuse_port_zero() -> None:
+    data = cfg(server={"workers": 2, "listen": ["127.0.0.1:1812", "127.0.0.1:0"]},
+               state=REDIS_STATE)
+    one_problem(data, "server.listen", '"127.0.0.1:0": port 0 would give each worker its own',
+                "name the port")
+    config_from_mapping(cfg(server={"listen": ["127.0.0.1:0"]}))  # one process: a free port
 
 
 # -- cross-field rules: policy -----------------------------------------------------------------
