@@ -8,11 +8,7 @@ One run starts three servers on free loopback ports and always stops them:
 - slapd (tests/servers/slapd.py: private config, mdb, the AD-like schema) with `--users`
   extra accounts (default 1000), each with a `secsignId`; no group memberships;
 - the SecSign ID simulator in a process of its own, rule `*=approve:0` (every push is
-  approved the moment it is first looked at). The simulator's session bookkeeping is
-  O(sessions) per start (`Simulator.start` walks every session); with tens of thousands of
-  sessions that, not the proxy, would be measured, so the bench runs a subclass with a
-  per-ID index (`IndexedSimulator`, same wire protocol and control API). `--stock-simulator`
-  runs the original;
+  approved the moment it is first looked at), keeping finished sessions for 5 s;
 - radius-proxy (`python -m radius_proxy serve`): primary `ldap` (search-then-bind as the
   service account of slapd.py), identity `ldap`, SecSign REST against the simulator,
   `poll_interval_seconds` 0.05, all else default (`max_connections` 32, `pool_size` 8),
@@ -23,7 +19,7 @@ The load is `bench/loadgen.py` (closed loop, `--workers` processes x `--window` 
 flight), every request a different user in turn and a different Calling-Station-Id. Counted
 in the measuring window: Access-Accepts per second; CPU seconds per authentication of the
 proxy, slapd and the simulator (each process's /proc/<pid>/stat); latency p50/p99; the audit
-log's `primary_ms` and `second_factor_ms`; ldap3's cost per operation. Then a separate round
+log's `primary_ms` and `second_factor_ms`; the LDAP backend's cost per call. Then a separate round
 under the same load samples the proxy with py-spy (`--profile-seconds`, default 10) and
 reports where its GIL time goes. The result goes to stdout and replaces the
 section "## Full pipeline throughput" of the output file (other sections kept).
@@ -122,48 +118,6 @@ def pct(values: Sequence[float], q: float) -> float:
 # --- the SecSign ID simulator, in a process of its own ---------------------------------------
 
 
-def _indexed_simulator_class() -> type:
-    """`Simulator` with O(1) starts: a per-ID index of the newest session, pruning at most
-    once a second. Same states, same wire protocol; only the bookkeeping differs."""
-    from radius_proxy.simulator import sessions as sm
-    from radius_proxy.simulator.rules import find_rule
-
-    class IndexedSimulator(sm.Simulator):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._newest: dict[str, int] = {}
-            self._next_prune = 0.0
-
-        def start(self, secsignid: str, servicename: str, serviceaddress: str) -> Any:
-            with self._lock:
-                refusal = self.refusal_for(secsignid)
-                if refusal is not None:
-                    return refusal
-                now = self._clock()
-                if now >= self._next_prune or len(self._sessions) >= sm.MAX_SESSIONS:
-                    self._prune(now)
-                    self._next_prune = now + 1.0
-                previous = self._sessions.get(self._newest.get(secsignid, 0))
-                if previous is not None:
-                    self._advance(previous, now)
-                    if previous.info.state in sm.WAITING:
-                        self._set_state(previous, sm.AuthSessionState.SUSPENDED)
-                info = sm.SessionInfo(self._new_id(), os.urandom(32).hex().upper(), secsignid,
-                                      servicename, serviceaddress, sm.AuthSessionState.PENDING,
-                                      now + self._epoch_offset)
-                self._sessions[info.id] = sm._Session(info, now,
-                                                      find_rule(self._rules, secsignid))
-                self._newest[secsignid] = info.id
-                return info
-
-        def reset(self) -> None:
-            with self._lock:
-                super().reset()
-                self._newest.clear()
-
-    return IndexedSimulator
-
-
 class _BenchApp:
     """The simulator's app plus `GET /bench/stats`: requests by kind and handler time."""
 
@@ -210,19 +164,15 @@ def simulator_child(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rule", action="append", default=[])
     p.add_argument("--lifetime", type=float, default=600.0)
-    p.add_argument("--stock", action="store_true")
     args = p.parse_args(argv)
 
     from radius_proxy.simulator import sessions as sm
     from radius_proxy.simulator.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
     from radius_proxy.simulator.rules import parse_rules
 
-    if not args.stock:
-        # bench only: keep finished sessions briefly and allow more than 10 000 at once
-        sm.RETAIN_SECONDS = 5.0
-        sm.MAX_SESSIONS = 200_000
-    cls = sm.Simulator if args.stock else _indexed_simulator_class()
-    sim = cls(parse_rules(args.rule), session_lifetime_seconds=args.lifetime)
+    # bench only: keep finished sessions briefly (memory), allow more than the default at once
+    sim = sm.Simulator(parse_rules(args.rule), session_lifetime_seconds=args.lifetime,
+                       retain_seconds=5.0, max_sessions=200_000)
 
     async def serve() -> None:
         http = HttpServer(_BenchApp(sim), IDLE_TIMEOUT_SECONDS)
@@ -242,13 +192,10 @@ def simulator_child(argv: Sequence[str]) -> int:
 class SimulatorProcess:
     """The simulator started as a child process of this bench, stopped by its PID."""
 
-    def __init__(self, work: Path, rules: Sequence[str], *, lifetime: float = 600.0,
-                 stock: bool = False) -> None:
+    def __init__(self, work: Path, rules: Sequence[str], *, lifetime: float = 600.0) -> None:
         self.log = work / "simulator.log"
         argv = [sys.executable, str(Path(__file__).resolve()), "--simulator-child",
                 "--lifetime", str(lifetime), *[f"--rule={r}" for r in rules]]
-        if stock:
-            argv.append("--stock")
         self._err = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._err,
                                      stdin=subprocess.DEVNULL, cwd=REPO)
@@ -366,60 +313,64 @@ def slapd_version() -> str:
 
 
 def ldap_client_costs(ldap: BenchSlapd, n: int = 500) -> list[tuple[str, float, float]]:
-    """ldap3 cost per operation as the proxy uses it, measured in this process against the
-    bench slapd: (what, client CPU µs, slapd CPU µs). The connection options are those of
-    `LdapDirectory._open`."""
+    """The proxy's LDAP backend (`LdapDirectory`, its own client on the event loop) per call,
+    measured in this process against the bench slapd: (what, client CPU µs, slapd CPU µs).
+    One call at a time, then 32 in flight (how the server runs them under load)."""
     import resource
 
-    import ldap3
+    from radius_proxy.backends.ldap_directory import LdapDirectory
+    from radius_proxy.config import LdapConfig, Secret
+    from radius_proxy.pipeline.ports import AuthRequest, PrimaryOutcome, PrimaryResult
 
     sl = ldap.sl
+    users = ldap.users[:200]
+    config = LdapConfig(urls=(ldap.url,), bind_dn=sl.SERVICE_DN,
+                        bind_password=Secret(sl.SERVICE_PASSWORD), base_dn=sl.SUFFIX,
+                        user_filter=sl.USER_FILTER, nested_groups=False, timeout_seconds=5.0)
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    server = ldap3.Server(ldap.url, get_info=ldap3.NONE)
-    options = dict(client_strategy=ldap3.SYNC, raise_exceptions=False, read_only=True,
-                   auto_referrals=False, check_names=False, auto_escape=False)
-    service = ldap3.Connection(server, sl.SERVICE_DN, sl.SERVICE_PASSWORD,
-                               auto_bind=ldap3.AUTO_BIND_NO_TLS, **options)
-    attributes = sorted({"secsignId", "memberOf", "userAccountControl", "lockoutTime",
-                         "msDS-User-Account-Control-Computed", "pwdAccountLockedTime"})
-    users = ldap.users[:200]
-    dns = [f"uid={name},{sl.PEOPLE}" for name, _ in users]
+    def request(i: int) -> AuthRequest:
+        name, password = users[i % len(users)]
+        return AuthRequest(request_id=str(i), client="bench", client_ip="127.0.0.1",
+                           username=name, password=password.encode())
 
-    def search(i: int) -> None:
-        name = users[i % len(users)][0]
-        service.search(sl.PEOPLE, sl.USER_FILTER.replace("{username}", name),
-                       attributes=attributes, size_limit=2, time_limit=5)
+    nobody = PrimaryResult(PrimaryOutcome.ACCEPT)  # no entry of ours: lookup searches
 
-    def fresh_bind(i: int) -> None:
-        conn = ldap3.Connection(server, dns[i % len(dns)], users[i % len(users)][1],
-                                authentication=ldap3.SIMPLE, auto_bind=ldap3.AUTO_BIND_NONE,
-                                **options)
-        conn.open(read_server_info=False)
-        conn.bind(read_server_info=False)
-        conn.unbind()
+    async def measure(directory: LdapDirectory, parallel: int) -> list[tuple[float, float]]:
+        async def login(i: int) -> None:
+            result = await directory.authenticate(request(i))
+            assert result.outcome is PrimaryOutcome.ACCEPT, result
 
-    kept = ldap3.Connection(server, dns[0], users[0][1], auto_bind=ldap3.AUTO_BIND_NO_TLS,
-                            **options)
+        async def lookup(i: int) -> None:
+            found = await directory.lookup(users[i % len(users)][0], nobody)
+            assert found is not None
 
-    def rebind(i: int) -> None:
-        kept.rebind(dns[i % len(dns)], users[i % len(users)][1])
+        out = []
+        for op in (login, lookup):
+            await op(0)
+            c0, s0 = cpu(), proc_cpu(ldap.pid)
+            for start in range(0, n, parallel):
+                await asyncio.gather(*(op(i) for i in range(start, start + parallel)))
+            out.append(((cpu() - c0) / n * 1e6, (proc_cpu(ldap.pid) - s0) / n * 1e6))
+        return out
 
-    out = []
-    for what, op in (("search as the service account, kept connection (`_find_user`)", search),
-                     ("new connection, bind as the user, unbind (`_bind_user`)", fresh_bind),
-                     ("bind as the user on a kept connection (`rebind`)", rebind)):
-        op(0)
-        c0, s0 = cpu(), proc_cpu(ldap.pid)
-        for i in range(n):
-            op(i)
-        out.append((what, (cpu() - c0) / n * 1e6, (proc_cpu(ldap.pid) - s0) / n * 1e6))
-    service.unbind()
-    kept.unbind()
-    return out
+    async def run() -> list[tuple[str, float, float]]:
+        directory = LdapDirectory(config)
+        try:
+            rows = []
+            for parallel in (1, 32):
+                (lc, ls), (kc, ks) = await measure(directory, parallel)
+                rows += [(f"login: search as the service account + bind as the user "
+                          f"(`authenticate`), {parallel} in flight", lc, ls),
+                         (f"identity only: the search (`lookup`), {parallel} in flight", kc, ks)]
+            return rows
+        finally:
+            await directory.close()
+
+    return asyncio.run(run())
 
 
 # --- the proxy -----------------------------------------------------------------------------
@@ -502,7 +453,7 @@ def start_proxy(work: Path, toml_text: str, name: str = "radius-proxy") -> Serve
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.exists():
         return out
     for line in path.read_text(errors="replace").splitlines():
@@ -658,11 +609,12 @@ class PySpy:
 
 #: Where a GIL-holding sample's time goes, by the frames on its stack (first match wins).
 CATEGORIES = (
-    ("HTTP client (aiohttp, requests, aio_transport.py, transport.py)",
-     ("aiohttp/", "yarl/", "multidict/", "aio_transport.py", "requests/", "urllib3/",
-      "http/client.py", "secsign/transport.py")),
-    ("LDAP client (ldap3, pyasn1, ldap_directory.py)",
-     ("ldap3/", "pyasn1/", "ldap_directory.py")),
+    ("HTTP client (secsign/aio_transport.py, http11.py)",
+     ("aio_transport.py", "secsign/http11.py", "secsign/transport.py", "requests/",
+      "urllib3/", "http/client.py")),
+    ("LDAP client (backends/ldap_*.py)",
+     ("ldap_directory.py", "ldap_client.py", "ldap_ber.py", "ldap_tlv.py", "ldap_filter.py",
+      "ldap_pool.py", "ldap_entries.py")),
     ("logging (structlog, log.py)", ("structlog/", "radius_proxy/log.py")),
     ("RADIUS packets (pyrad, protocol/)", ("pyrad/", "radius_proxy/protocol/")),
     ("thread pools (futures, threading, queue)",
@@ -717,8 +669,6 @@ def machine_info() -> dict[str, str]:
     info = machine()
     info.update({
         "slapd": slapd_version(),
-        "ldap3": importlib.metadata.version("ldap3"),
-        "requests": importlib.metadata.version("requests"),
         "structlog": importlib.metadata.version("structlog"),
         "loadavg": load_average(),
     })
@@ -728,9 +678,9 @@ def machine_info() -> dict[str, str]:
 def machine_line(info: dict[str, str]) -> str:
     return (f"Machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}, Linux {info['kernel']}; "
             f"Python {info['python']}, radius-proxy {info['radius_proxy']} ({info['commit']}), "
-            f"pyrad {info['pyrad']}, ldap3 {info['ldap3']}, requests {info['requests']}, "
-            f"structlog {info['structlog']}, OpenLDAP slapd {info['slapd']}. Everything (load "
-            f"generator, proxy, slapd, simulator) shares these cores; the machine was "
+            f"pyrad {info['pyrad']}, structlog {info['structlog']}, OpenLDAP slapd "
+            f"{info['slapd']}. Everything (load generator, proxy, slapd, simulator) shares "
+            f"these cores; the machine was "
             f"{info['busy_before']} % busy just before the run (load average "
             f"{info['loadavg']}: other engineers' tests run on it too).")
 
@@ -792,7 +742,7 @@ def run_pipeline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(f"starting slapd with {args.users} users...", flush=True)
         ldap = BenchSlapd(work, args.users)
         servers.append(ldap)
-        sim = SimulatorProcess(work, ["*=approve:0"], lifetime=30.0, stock=args.stock_simulator)
+        sim = SimulatorProcess(work, ["*=approve:0"], lifetime=30.0)
         servers.append(sim)
         log_file = work / "proxy.log"
         proxy = start_proxy(work, proxy_toml(
@@ -948,8 +898,8 @@ def render(info: dict[str, str], args: argparse.Namespace, r: dict[str, Any], wh
     lines += [f"- {n}" for n in notes]
     lines += [
         "",
-        "What ldap3 costs per operation as the proxy calls it (measured in the bench process "
-        "against the same slapd after the run):",
+        "What the proxy's LDAP backend costs per call (`LdapDirectory` driven in the bench "
+        "process against the same slapd after the run):",
         "",
         "| operation | client CPU (µs) | slapd CPU (µs) |",
         "|---|---|---|",
@@ -959,13 +909,10 @@ def render(info: dict[str, str], args: argparse.Namespace, r: dict[str, Any], wh
         "",
         f"- slapd from `tests/servers/slapd.py` with {args.users} extra users (`bench00000`...), "
         "each with `secsignId`, `{SSHA}` passwords, no group memberships; per login the "
-        "proxy searches as the service account (kept connections) and binds as the user on a "
-        "new connection, as in production.",
-        "- The SecSign ID simulator runs in its own process, rule `*=approve:0`"
-        + (" (the stock `Simulator`)." if args.stock_simulator else
-           ", with a per-ID session index (`IndexedSimulator` in this script): the stock "
-           "`Simulator.start` walks every retained session, 3 ms per start at 10 000 "
-           "sessions, which would cap this benchmark near 300/s."),
+        "proxy searches as the service account (shared kept connections) and binds as the "
+        "user on a kept bind connection, as in production.",
+        "- The SecSign ID simulator runs in its own process, rule `*=approve:0`, finished "
+        "sessions kept 5 s.",
         f"- radius-proxy: REST API, `poll_interval_seconds = {args.poll_interval:g}`, "
         "`max_pushes_per_user = 1000` (users repeat every "
         f"{args.users} requests), Message-Authenticator required, logging at info as JSON "
@@ -990,7 +937,7 @@ def render(info: dict[str, str], args: argparse.Namespace, r: dict[str, Any], wh
     if anomalies:
         lines += ["", "Anomalies in this run:", "", *[f"- {a}" for a in anomalies]]
     summary = [f"{a}: {b} {d}".replace("**", "") for a, b, _, d in rows]
-    summary += [f"ldap3: {what}: client {c:.0f} µs, slapd {sv:.0f} µs"
+    summary += [f"LDAP {what}: client {c:.0f} µs, slapd {sv:.0f} µs"
                 for what, c, sv in r["ldap_costs"]]
     return "\n".join(lines) + "\n", summary
 
@@ -1007,8 +954,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=64, help="requests in flight per worker")
     p.add_argument("--poll-interval", type=float, default=0.05,
                    help="secsign.poll_interval_seconds (default 0.05)")
-    p.add_argument("--stock-simulator", action="store_true",
-                   help="run the simulator's own Simulator class (O(sessions) per start)")
     p.add_argument("--profile-seconds", type=float, default=10.0,
                    help="after the measurement, profile the proxy with py-spy under the same "
                         "load for this long (default 10; 0: no profile)")

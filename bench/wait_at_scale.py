@@ -321,7 +321,7 @@ def one_run(args: argparse.Namespace, work: Path, interval: float) -> dict[str, 
     work = work / f"poll-{interval:g}"
     work.mkdir()
     r: dict[str, Any] = {"interval": interval}
-    sim = SimulatorProcess(work, ["*=manual"], lifetime=600.0, stock=args.stock_simulator)
+    sim = SimulatorProcess(work, ["*=manual"], lifetime=600.0)
     proxy = None
     sampler = nas = prober = spy = None
     log_file = work / "proxy.log"
@@ -416,8 +416,8 @@ def one_run(args: argparse.Namespace, work: Path, interval: float) -> dict[str, 
 
 def http_client_costs(work: Path, calls: int = 3000) -> list[tuple[str, float, float]]:
     """CPU per state request of HTTP clients against the simulator, in this process, from
-    asyncio with 32 requests in flight: the proxy's aiohttp transport (`aio_transport.py`,
-    when present), its blocking requests transport on a 32-thread pool (`transport.py`, the
+    asyncio with 32 requests in flight: the proxy's own HTTP/1.1 transport on the event loop
+    (`aio_transport.py`), its blocking requests transport on a 32-thread pool (`transport.py`, the
     former default), and a minimal HTTP/1.1 keep-alive client on asyncio streams (32
     connections) as the floor. (name, client CPU µs per call, calls per second)."""
     import asyncio
@@ -459,10 +459,10 @@ def http_client_costs(work: Path, calls: int = 3000) -> list[tuple[str, float, f
             c1, w1 = cpu(), time.perf_counter()
             return (c1 - c0) / calls * 1e6, calls / (w1 - w0)
 
-        async def via_aiohttp() -> tuple[float, float]:
-            from radius_proxy.backends.secsign.aio_transport import AiohttpTransport
+        async def via_http11() -> tuple[float, float]:
+            from radius_proxy.backends.secsign.aio_transport import Http11Transport
 
-            transport = AiohttpTransport("", 32)
+            transport = Http11Transport("", 32)
             try:
                 return await timed(lambda: transport(request, 10.0))
             finally:
@@ -506,9 +506,8 @@ def http_client_costs(work: Path, calls: int = 3000) -> list[tuple[str, float, f
                 while not pool.empty():
                     pool.get_nowait()[1].close()
 
-        with contextlib.suppress(ImportError):
-            out.append(("aiohttp on the event loop (`aio_transport.py`)",
-                        *asyncio.run(via_aiohttp())))
+        out.append(("the proxy's HTTP/1.1 client on the event loop (`aio_transport.py`)",
+                    *asyncio.run(via_http11())))
         out.append(("requests on a 32-thread pool (`transport.py`)", *asyncio.run(via_pool())))
         out.append(("minimal HTTP/1.1 on asyncio streams, 32 keep-alive connections (a floor)",
                     *asyncio.run(via_streams())))
@@ -661,10 +660,7 @@ def render(info: dict[str, str], args: argparse.Namespace, runs: list[dict[str, 
         "`push_timeout_seconds` 290 and the client's `nas_timeout_seconds` 300, so no login "
         "times out by design during the run; logging at info as JSON to a file.",
         "- The simulator runs in its own process, rule `*=manual` (sessions wait until "
-        "approved)" + ("." if args.stock_simulator else
-                       ", with a per-ID session index (see pipeline_throughput.py): the stock "
-                       "`Simulator.start` walks every session, about 5 ms per start at 10 000 "
-                       "waiting, 30 s of CPU just to open them."),
+        "approved).",
         f"- NAS side: one process, {SOCKETS} UDP sockets x {IDS} Identifiers, requests sent "
         f"at {fmt(args.rate)}/s, none retransmitted; every answer matched by (socket, "
         "Identifier) and its Response Authenticator checked. Status-Server: another process, "
@@ -739,8 +735,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds after the first approval to wait for the answers")
     p.add_argument("--poll-intervals", type=lambda s: [float(x) for x in s.split(",")],
                    default=[2.0, 10.0], help="poll_interval_seconds values, one run each")
-    p.add_argument("--stock-simulator", action="store_true",
-                   help="run the simulator's own Simulator class (O(sessions) per start)")
     p.add_argument("--profile", action="store_true", help="py-spy the proxy during the hold")
     p.add_argument("--out", default=str(REPO / "docs" / "performance.md"),
                    help="markdown file to update ('' to skip)")
