@@ -320,8 +320,10 @@ def ldap_client_costs(ldap: BenchSlapd, n: int = 500) -> list[tuple[str, float, 
 
     from radius_proxy.backends.ldap_directory import LdapDirectory
     from radius_proxy.config import LdapConfig, Secret
+    from radius_proxy.log import setup_logging
     from radius_proxy.pipeline.ports import AuthRequest, PrimaryOutcome, PrimaryResult
 
+    setup_logging("json", "warning")  # no debug lines, as in the proxy (which logs at info)
     sl = ldap.sl
     users = ldap.users[:200]
     config = LdapConfig(urls=(ldap.url,), bind_dn=sl.SERVICE_DN,
