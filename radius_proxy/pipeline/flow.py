@@ -80,6 +80,11 @@ class _Trace:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def _runs_without_task(port: object) -> bool:
+    """Whether a port declares that it needs no current Task (pipeline/ports.py)."""
+    return getattr(port, "runs_without_task", False) is True
+
+
 def split_passcode(password: bytes) -> tuple[bytes, str | None]:
     """"password,123456" -> (b"password", "123456"): the last comma, 6 to 8 digits after it."""
     head, sep, tail = password.rpartition(b",")
@@ -102,9 +107,11 @@ class Pipeline:
         self._clock = clock
         self._pending: dict[str, asyncio.Task[PushResult | None]] = {}
         # Ports that need no current Task let a request be answered in the server's
-        # hand-driven step (radius_proxy.eager); any other moves it into its Task first.
-        self._without_task = all(getattr(port, "runs_without_task", False) is True
-                                 for port in (primary, *self.identity, store))
+        # hand-driven step (radius_proxy.eager); before any other it moves into its Task.
+        # The store is asked only for a State, a second factor or a relayed challenge, so
+        # a plain accept or reject never moves for a store that needs a Task (Redis).
+        self._without_task = all(_runs_without_task(port) for port in (primary, *self.identity))
+        self._store_without_task = _runs_without_task(store)
 
     def with_config(self, config: Config) -> Pipeline:
         """A pipeline on the same backends and store with new policy (reload).
@@ -148,6 +155,8 @@ class Pipeline:
         if not self._without_task:
             await in_task()
         if request.state is not None:
+            if not self._store_without_task:
+                await in_task()
             context = await self.store.take_challenge(request.state)
             if context is None or context.client != client.name or \
                     context.username != request.username:
@@ -220,6 +229,8 @@ class Pipeline:
                              primary: PrimaryResult, secsign_id: str, code: str | None,
                              trace: _Trace) -> Decision:
         """Stage 5: remembered login, passcode, challenge or push."""
+        if not self._store_without_task:
+            await in_task()
         policy = self.config.policy
         remember_key = self._remember_key(request, client)
         if policy.remember_minutes and await self.store.is_remembered(remember_key):
@@ -329,6 +340,8 @@ class Pipeline:
     async def _relay_challenge(self, request: AuthRequest, client: ClientConfig,
                                primary: PrimaryResult) -> Decision:
         """An upstream's own challenge (an OTP there) goes to the NAS under our State."""
+        if not self._store_without_task:
+            await in_task()
         token = secrets.token_bytes(16)
         context = ChallengeContext("upstream", client.name, request.username,
                                    upstream_state=primary.challenge_state)

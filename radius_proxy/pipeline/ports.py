@@ -3,8 +3,10 @@
 Every stage is a small `typing.Protocol` with one async method, so the server hands in the
 real backend and a unit test hands in a fake. A port whose methods need no current Task
 (no `asyncio.timeout`, no `asyncio.current_task`) may say so with a class attribute
-`runs_without_task = True`: a request whose ports all say so is answered without a Task
-when nothing waits (radius_proxy.eager); without it, the pipeline moves into a Task first.
+`runs_without_task = True`: a request is answered without a Task when nothing waits
+(radius_proxy.eager) and every port it calls says so; before calling any other port, the
+pipeline moves into a Task. (The state store is called only for a State, a second factor
+or a relayed challenge, so a store that needs a Task, Redis, costs a plain answer nothing.)
 
 Results are frozen values; an expected outcome (wrong password, denied push, timeout) is a
 value, never an exception. Exceptions mean a bug or a misconfiguration and end at the

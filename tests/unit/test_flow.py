@@ -916,3 +916,48 @@ def test_a_passcode_check_gets_a_task_even_when_the_ports_need_none() -> None:
     decision, used_task = drive_by_hand(w, req(password=b"alicepass," + CODE.encode()))
     assert outcome(decision) == ("accept", "passcode_accepted")
     assert used_task
+
+
+class TaskBoundStore(MemoryStore):
+    """A store that needs a current Task before it is asked anything, as the Redis store."""
+
+    runs_without_task = False
+
+    async def put_challenge(self, token: bytes, context: Any, ttl: float) -> None:
+        assert asyncio.current_task() is not None
+        await super().put_challenge(token, context, ttl)
+
+    async def take_challenge(self, token: bytes) -> Any:
+        assert asyncio.current_task() is not None
+        return await super().take_challenge(token)
+
+    async def is_remembered(self, key: str) -> bool:
+        assert asyncio.current_task() is not None
+        return await super().is_remembered(key)
+
+
+def task_bound_store_world(**fields: Any) -> World:
+    w = World(policy(**fields))
+    w.store = TaskBoundStore(w.clock)
+    w.pipeline = Pipeline(config=w.config, primary=TaskFreePrimary(w.clock),
+                          identity=[TaskFreeIdentity()], second_factor=w.second,
+                          store=w.store, clock=w.clock)
+    return w
+
+
+def test_a_store_that_needs_a_task_leaves_a_plain_answer_without_one() -> None:
+    w = task_bound_store_world()
+    decision, used_task = drive_by_hand(w, req("dora"))
+    assert outcome(decision) == ("reject", "no_secsign_id")
+    assert not used_task
+
+
+def test_a_store_that_needs_a_task_gets_one_before_it_is_asked() -> None:
+    w = task_bound_store_world(mode="challenge", remember_minutes=5)
+    decision, used_task = drive_by_hand(w, req())
+    assert outcome(decision) == ("challenge", "challenge_sent")
+    assert used_task
+    state = attr(decision, "State")[0]
+    decision, used_task = drive_by_hand(w, req(password=CODE.encode(), state=state))
+    assert outcome(decision) == ("accept", "passcode_accepted")
+    assert used_task
