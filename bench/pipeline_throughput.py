@@ -869,8 +869,8 @@ def render(info: dict[str, str], args: argparse.Namespace, r: dict[str, Any], wh
         notes.append(
             f"The proxy is CPU-bound: {cores:.2f} cores at {per['proxy']:.2f} ms per "
             f"authentication, so one proxy process tops out near {fmt(ceiling)}/s whatever the "
-            "machine has: the event loop and the LDAP worker threads share one interpreter "
-            "lock.")
+            "machine has: one event loop runs it all (LDAP and HTTP included, no threads); "
+            "`server.workers` adds processes.")
     else:
         notes.append(
             f"The proxy used {cores:.2f} cores; at {per['proxy']:.2f} ms per authentication a "

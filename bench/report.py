@@ -8,8 +8,9 @@ HEADER = ("# Performance\n\nMeasured figures; each section is written by one scr
           "`bench/`.\n\n")
 
 
-def write_section(path: Path, heading: str, section: str) -> None:
-    """Replace only the section under `heading` (up to the next `## `); append it if absent."""
+def write_section(path: Path, heading: str, section: str, *, first: bool = False) -> None:
+    """Replace only the section under `heading` (up to the next `## `); if absent, append
+    it, or with `first` put it before the first section."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(HEADER + section)
@@ -17,7 +18,11 @@ def write_section(path: Path, heading: str, section: str) -> None:
     lines = path.read_text().splitlines(keepends=True)
     start = next((i for i, ln in enumerate(lines) if ln.rstrip() == heading), None)
     if start is None:
-        path.write_text("".join(lines).rstrip("\n") + "\n\n" + section)
+        top = next((i for i, ln in enumerate(lines) if ln.startswith("## ")), None)
+        if first and top is not None:
+            path.write_text("".join(lines[:top]) + section + "\n" + "".join(lines[top:]))
+        else:
+            path.write_text("".join(lines).rstrip("\n") + "\n\n" + section)
         return
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
                len(lines))

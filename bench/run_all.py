@@ -15,7 +15,8 @@ Runs, each in a fresh interpreter with a time bound, in this order:
 - `overhead.py`: the latency the proxy adds at 100 requests/s ("Overhead").
 
 Each script replaces only its own section, so the others stay as they are. At the end the
-PASS/FAIL lines of the file are printed. About 7 minutes on a 2-core machine; the
+PASS/FAIL lines of the file are printed and written to its first section, "Targets at a
+glance". About 7 minutes on a 2-core machine; the
 benchmarks share the cores with whatever else runs, so the machine's load is printed before
 each one (each section records it too). `--profile` adds a py-spy profile of the proxy
 during the wait's hold (it disturbs the Status-Server figures a little).
@@ -31,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+sys.path.insert(0, str(REPO))
+
+from bench.report import write_section  # noqa: E402
 
 #: (name, script, extra arguments, time bound in seconds)
 STEPS: tuple[tuple[str, str, list[str], int], ...] = (
@@ -40,6 +44,18 @@ STEPS: tuple[tuple[str, str, list[str], int], ...] = (
     ("wait", "wait_at_scale.py", [], 900),
     ("overhead", "overhead.py", [], 600),
 )
+
+
+SUMMARY = "## Targets at a glance"
+
+
+def summary(verdicts: list[str]) -> str:
+    """The section that lists every PASS/FAIL row of the file, written last by this script."""
+    rows = [f"- {line}" for line in verdicts] or ["- (no verdicts yet)"]
+    return (f"{SUMMARY}\n\nWritten by `bench/run_all.py` after its run of "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: every row of the sections "
+            "below that carries a target, as `[section] what | measured | target | verdict`. "
+            "The figures and their method are in each section.\n\n" + "\n".join(rows) + "\n")
 
 
 def load_average() -> str:
@@ -91,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {script}: exit {code} after {time.monotonic() - t0:.0f} s", flush=True)
         if code != 0:
             failed.append(script)
+    verdicts = verdict_lines(Path(args.out))
     print(f"\nall done in {time.monotonic() - began:.0f} s; verdicts in {args.out}:")
-    for line in verdict_lines(Path(args.out)):
+    for line in verdicts:
         print("  " + line)
+    write_section(Path(args.out), SUMMARY, summary(verdicts), first=True)
     if failed:
         print(f"scripts that failed to run: {', '.join(failed)}", file=sys.stderr)
         return 1
