@@ -18,6 +18,7 @@ import pytest
 
 from radius_proxy.passwords import hash_password
 from radius_proxy.simulator import BackgroundSimulator, Simulator, parse_rules
+from tests.servers.redis import RedisServer
 from tests.support import ManagedProcess, free_port, python_module_cmd, wait_for
 from tests.tomlwriter import dumps
 
@@ -106,6 +107,16 @@ def base_config(port: int, secret_file: Path, users: Path, simulator_url: str) -
         "logging": {"format": "json", "level": "debug"},
         "http": {"listen": ""},
     }
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server for one test (proxies sharing state: instances, workers)."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

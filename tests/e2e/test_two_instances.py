@@ -14,7 +14,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,15 +58,6 @@ def login(proxy: RunningProxy, user: str, password: str, *, state: bytes | None 
 
 def reasons(proxy: RunningProxy) -> list[str]:
     return [e["reason"] for e in proxy.events("auth")]
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -36,15 +36,6 @@ LOGIN = ["User-Name = alice", "User-Password = alicepass", "NAS-Identifier = wor
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def start_workers(start_proxy: StartProxy,
                   redis: RedisServer) -> Callable[..., tuple[RunningProxy, int]]:
     """start(**sections): two workers on Redis with the monitor on; (proxy, HTTP port)."""
