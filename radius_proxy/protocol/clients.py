@@ -19,7 +19,7 @@ class ClientTable(Generic[T]):
     """Maps a source IP to the entry of the most specific network containing it."""
 
     def __init__(self, entries: Sequence[tuple[str, T]], cache_size: int = 4096) -> None:
-        nets = [(ipaddress.ip_network(n, strict=False), v) for n, v in entries]
+        nets = [(_as_ipv4(ipaddress.ip_network(n, strict=False)), v) for n, v in entries]
         # most specific first, so the first match is the longest prefix
         self._nets: list[tuple[IPNetwork, T]] = sorted(nets, key=lambda nv: -nv[0].prefixlen)
         self._cache: dict[str, T | None] = {}
@@ -41,3 +41,16 @@ class ClientTable(Generic[T]):
             self._cache.clear()
         self._cache[address] = found
         return found
+
+
+def _as_ipv4(net: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it means.
+
+    Sources arrive normalised to IPv4 (a dual-stack socket reports an IPv4 NAS as
+    ::ffff:a.b.c.d), so a network written in the mapped form must be compared as IPv4 too,
+    or it would never match anything.
+    """
+    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if mapped is None or net.prefixlen < 96:
+        return net
+    return ipaddress.IPv4Network((int(mapped), net.prefixlen - 96))

@@ -105,3 +105,14 @@ def test_cached_answers_stay_right_and_the_cache_is_bounded() -> None:
 def test_values_are_returned_as_given() -> None:
     entry = object()
     assert ClientTable([("192.0.2.0/24", entry)]).lookup("192.0.2.9") is entry
+
+
+def test_ipv4_mapped_network_matches_ipv4_sources_in_either_form() -> None:
+    """`::ffff:10.0.0.0/104` is 10.0.0.0/8: sources are normalised to IPv4, so is it."""
+    table = ClientTable([("::ffff:10.0.0.0/104", "mapped"), ("::ffff:10.1.2.3/128", "host"),
+                         ("::/96", "compat")])
+    assert table.lookup("10.9.9.9") == "mapped"
+    assert table.lookup("::ffff:10.9.9.9") == "mapped"
+    assert table.lookup("10.1.2.3") == "host"
+    assert table.lookup("11.0.0.1") is None
+    assert table.lookup("::5") == "compat"  # not a mapped network: stays IPv6
