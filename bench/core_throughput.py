@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import report as perf_doc  # noqa: E402
 from bench.loadgen import AccessRequestFactory, LoadResult, percentile, run_load  # noqa: E402
+from tests.servers.freeradius import RADIUSD_GLOBALS, RADIUSD_LIMITS  # noqa: E402
 
 SECTION = "## Core throughput (issue: foundation)"
 SECRET = "bench-core-secret-0123456789"  # loopback only, throwaway
@@ -334,48 +335,17 @@ def start_redis(work: Path) -> Redis:
         time.sleep(0.05)
     return redis
 
+
 # test-servers.md section 1, cut down to one virtual server; no per-request auth logging,
 # recv_buff as in section 8; M-A required in requests and added to every reply.
-RADIUSD_CONF = """\
-prefix = /usr
-exec_prefix = /usr
-sysconfdir = /etc
-localstatedir = /var
-sbindir = /usr/sbin
-raddbdir = {d}
-confdir = ${{raddbdir}}
-modconfdir = ${{confdir}}/mods-config
-logdir = ${{raddbdir}}/log
-radacctdir = ${{logdir}}/radacct
-run_dir = ${{raddbdir}}/run
-db_dir = ${{raddbdir}}
-libdir = /usr/lib/freeradius
-pidfile = ${{run_dir}}/radiusd.pid
-name = radiusd
-max_request_time = 30
-cleanup_delay = 5
-max_requests = 65536
-hostname_lookups = no
+RADIUSD_CONF = RADIUSD_GLOBALS + """\
 log {{
 	destination = files
 	file = ${{logdir}}/radius.log
 	colourise = no
 	auth = no
 }}
-security {{
-	allow_core_dumps = no
-	max_attributes = 200
-	reject_delay = 0
-	status_server = yes
-}}
-thread pool {{
-	start_servers = 5
-	max_servers = 32
-	min_spare_servers = 3
-	max_spare_servers = 10
-	max_requests_per_server = 0
-	auto_limit_acct = no
-}}
+""" + RADIUSD_LIMITS + """\
 client localhost {{
 	ipaddr = 127.0.0.1
 	secret = {secret}
@@ -419,7 +389,10 @@ server default {{
 """
 
 
-def start_freeradius(work: Path) -> Server:
+def start_freeradius(work: Path, conf: str = RADIUSD_CONF,
+                     users: str = f'{USER}\tCleartext-Password := "{PASSWORD}"\n') -> Server:
+    """FreeRADIUS in the foreground on a private config (`conf`, a format string with d,
+    secret and port) and users file, after `freeradius -C` accepted both."""
     binary = shutil.which("freeradius", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if binary is None:
         raise RuntimeError("freeradius is not installed (apt-get install freeradius)")
@@ -427,8 +400,8 @@ def start_freeradius(work: Path) -> Server:
     (d / "log").mkdir(parents=True)
     (d / "run").mkdir()
     server = Server(FREERADIUS, free_udp_port(), d / "stdout.log")
-    (d / "radiusd.conf").write_text(RADIUSD_CONF.format(d=d, secret=SECRET, port=server.port))
-    (d / "users").write_text(f'{USER}\tCleartext-Password := "{PASSWORD}"\n')
+    (d / "radiusd.conf").write_text(conf.format(d=d, secret=SECRET, port=server.port))
+    (d / "users").write_text(users)
     check = subprocess.run([binary, "-C", "-d", str(d)], capture_output=True, text=True,
                            timeout=30, check=False)
     if check.returncode != 0:

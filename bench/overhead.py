@@ -32,12 +32,9 @@ import argparse
 import hashlib
 import math
 import select
-import shutil
 import socket
 import sys
-import tempfile
 import time
-import warnings
 from array import array
 from pathlib import Path
 from typing import Any
@@ -69,6 +66,7 @@ from bench.pipeline_throughput import (  # noqa: E402
     verdict,
     write_section,
 )
+from bench.report import run_directory  # noqa: E402
 
 SECTION = "## Overhead"
 TARGET_P99_MS = 5.0
@@ -314,18 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     when = now_utc()
     info = machine_info()
     info["busy_before"] = f"{100 * machine_busy(0.5):.0f}"
-    work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    ok = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            result = measure(args, work)
-        ok = True
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs and configs kept in {work}", file=sys.stderr)
+    with run_directory("bench-overhead-", args.keep) as work:
+        result = measure(args, work)
     if not result["full"]["e2e"]:
         print("no request could be joined to its audit line", file=sys.stderr)
         return 1

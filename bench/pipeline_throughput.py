@@ -49,9 +49,7 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -968,18 +966,8 @@ def main(argv: list[str] | None = None) -> int:
     when = now_utc()
     info = machine_info()
     info["busy_before"] = f"{100 * machine_busy(0.5):.0f}"
-    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    ok = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            result = run_pipeline(args, work)
-        ok = True
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs and configs kept in {work}", file=sys.stderr)
+    with perf_doc.run_directory("bench-pipeline-", args.keep) as work:
+        result = run_pipeline(args, work)
     section, summary = render(info, args, result, when, time.monotonic() - began)
     print()
     print("\n".join(summary))

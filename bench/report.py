@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 HEADER = ("# Performance\n\nMeasured figures; each section is written by one script under "
@@ -28,3 +33,19 @@ def write_section(path: Path, heading: str, section: str, *, first: bool = False
                len(lines))
     after = "".join(lines[end:])
     path.write_text("".join(lines[:start]) + section + ("\n" + after if after else ""))
+
+
+@contextlib.contextmanager
+def run_directory(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary directory for one run's configs and logs: removed after a run that
+    finished, kept (and named on stderr) when `keep` is set or the run failed."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    finished = False
+    try:
+        yield work
+        finished = True
+    finally:
+        if finished and not keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs and configs kept in {work}", file=sys.stderr)

@@ -44,7 +44,6 @@ import select
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +72,7 @@ from bench.core_throughput import (  # noqa: E402
     free_udp_port,
     machine,
     machine_busy,
+    start_freeradius,
 )
 from bench.core_throughput import PROXY_TOML as CORE_PROXY_TOML  # noqa: E402
 from bench.loadgen import (  # noqa: E402
@@ -130,25 +130,8 @@ UPSTREAM_CONF = RADIUSD_CONF.replace(_AUTHORIZE, """\
 def start_upstream(work: Path) -> Server:
     """FreeRADIUS as in core_throughput.start_freeradius, plus a Class in the user's Accept
     and Message-Authenticator in Status-Server replies."""
-    binary = shutil.which("freeradius", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
-    if binary is None:
-        raise RuntimeError("freeradius is not installed (apt-get install freeradius)")
-    d = work / "freeradius"
-    (d / "log").mkdir(parents=True)
-    (d / "run").mkdir()
-    server = Server("FreeRADIUS", free_udp_port(), d / "stdout.log")
-    (d / "radiusd.conf").write_text(UPSTREAM_CONF.format(d=d, secret=SECRET, port=server.port))
-    (d / "users").write_text(f'{USER}\tCleartext-Password := "{PASSWORD}"\n'
-                             f'\tClass := "{CLASS}"\n')
-    check = subprocess.run([binary, "-C", "-d", str(d)], capture_output=True, text=True,
-                           timeout=30, check=False)
-    if check.returncode != 0:
-        raise RuntimeError(f"freeradius -C failed:\n{check.stdout}{check.stderr}")
-    log = d / "log" / "radius.log"
-    log.write_text("")
-    server.start([binary, "-f", "-d", str(d)],
-                 ready=lambda: "Ready to process requests" in log.read_text(errors="replace"))
-    return server
+    return start_freeradius(work, UPSTREAM_CONF,
+                            f'{USER}\tCleartext-Password := "{PASSWORD}"\n\tClass := "{CLASS}"\n')
 
 
 def start_relay(work: Path, upstream: Server) -> Server:
@@ -800,9 +783,9 @@ def main(argv: list[str] | None = None) -> int:
     total = time.monotonic() - began
     print()
     print_tables(a, b, sa, sb, args.rate)
-    for s in (sa, sb):
-        for problem in s.problems():
-            print(f"WARNING {s.name}: {problem}")
+    for summary in (sa, sb):
+        for problem in summary.problems():
+            print(f"WARNING {summary.name}: {problem}")
     if args.out:
         out = Path(args.out)
         write_section(out, render(info, a, b, sa, sb, args, when, total, sanity, paced_busy))

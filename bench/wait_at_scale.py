@@ -38,13 +38,10 @@ import math
 import multiprocessing as mp
 import os
 import select
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
-import warnings
 from array import array
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +78,7 @@ from bench.pipeline_throughput import (  # noqa: E402
     verdict,
     write_section,
 )
+from bench.report import run_directory  # noqa: E402
 
 SECTION = "## The wait at scale"
 TARGET_RSS_MB = 300.0
@@ -747,22 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     when = now_utc()
     info = machine_info()
     info["busy_before"] = f"{100 * machine_busy(0.5):.0f}"
-    work = Path(tempfile.mkdtemp(prefix="bench-wait-"))
-    runs = []
-    ok = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for interval in args.poll_intervals:
-                runs.append(one_run(args, work, interval))
-            print("HTTP client cost per exchange...", flush=True)
-            clients = http_client_costs(work)
-        ok = True
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs and configs kept in {work}", file=sys.stderr)
+    with run_directory("bench-wait-", args.keep) as work:
+        runs = [one_run(args, work, interval) for interval in args.poll_intervals]
+        print("HTTP client cost per exchange...", flush=True)
+        clients = http_client_costs(work)
     section, summary = render(info, args, runs, clients, when, time.monotonic() - began)
     print()
     print("\n".join(summary))

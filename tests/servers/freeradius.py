@@ -34,7 +34,9 @@ CAROL_STATE = b"otp-carol-1"
 CAROL_OTP = "123456"
 BOB_AVPAIRS = ("shell:priv-lvl=15", "ip:inacl#1=permit ip any any")
 
-_RADIUSD_CONF = """\
+#: The global settings of a private radiusd.conf in folder {d} (a format string; the bench
+#: builds its own config from these too).
+RADIUSD_GLOBALS = """\
 prefix = /usr
 exec_prefix = /usr
 sysconfdir = /etc
@@ -54,14 +56,9 @@ max_request_time = 30
 cleanup_delay = 5
 max_requests = 65536
 hostname_lookups = no
-log {{
-	destination = files
-	file = ${{logdir}}/radius.log
-	colourise = no
-	auth = yes
-	auth_badpass = no
-	auth_goodpass = no
-}}
+"""
+#: Request limits and the thread pool of stock 3.2, without the per-request reject delay.
+RADIUSD_LIMITS = """\
 security {{
 	allow_core_dumps = no
 	max_attributes = 200
@@ -76,6 +73,18 @@ thread pool {{
 	max_requests_per_server = 0
 	auto_limit_acct = no
 }}
+"""
+
+_RADIUSD_CONF = RADIUSD_GLOBALS + """\
+log {{
+	destination = files
+	file = ${{logdir}}/radius.log
+	colourise = no
+	auth = yes
+	auth_badpass = no
+	auth_goodpass = no
+}}
+""" + RADIUSD_LIMITS + """\
 client localhost {{
 	ipaddr = 127.0.0.1
 	secret = {secret}
