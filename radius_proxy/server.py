@@ -224,7 +224,7 @@ class RadiusServer:
             self._drop(reason, host, client=client.config.name)
             return
         if pkt.code == pk.STATUS_SERVER:
-            self._send(endpoint, pk.build_reply(pkt, pk.ACCESS_ACCEPT), addr)
+            endpoint.sendto(pk.build_reply(pkt, pk.ACCESS_ACCEPT), addr)
             return
         self._access_request(endpoint, pkt, client, addr, (endpoint.index, host, port, pkt.id))
 
@@ -243,7 +243,7 @@ class RadiusServer:
         if seen.seen is Seen.ANSWERED:
             assert seen.reply is not None
             log.debug("duplicate_answered", client=client.config.name, id=pkt.id)
-            self._send(endpoint, seen.reply, addr)
+            endpoint.sendto(seen.reply, addr)
             return
         if self.in_flight >= self.config.server.max_pending:
             self.cache.abandon(key, pkt.authenticator)
@@ -266,52 +266,37 @@ class RadiusServer:
 
     async def _answer(self, endpoint: _Endpoint, pkt: pk.Request, attributes: Attributes,
                       client: _Client, addr: Any, key: Key) -> None:
-        """Decide, cache and send; runs in the request's own context (see `_access_request`),
-        so the log keys bound here need no reset."""
+        """Decide, cache and send, inside the fail-closed boundary: any unexpected exception
+        becomes an Access-Reject.
+
+        It runs in the request's own context (see `_access_request`), so the log keys bound
+        here need no reset; and it is one coroutine, not one per step, because every
+        request runs it (docs/performance.md, "Core throughput").
+        """
+        name = client.config.name
         request_id = f"{_ID_PREFIX}{next(_REQUEST_NUMBERS):x}"
-        structlog.contextvars.bind_contextvars(request_id=request_id, client=client.config.name)
-        raw: bytes | None = None
+        structlog.contextvars.bind_contextvars(request_id=request_id, client=name)
         try:
-            raw = await self._decide(pkt, attributes, client, addr, request_id)
-        except asyncio.CancelledError:
-            self.cache.abandon(key, pkt.authenticator)
-            raise
+            try:
+                request = self._request(pkt, attributes, client, addr, request_id)
+                if isinstance(request, Decision):
+                    decision = request
+                    log.info("auth", outcome="reject", reason=decision.reason, client=name)
+                else:
+                    decision = await self.pipeline.handle(request, client.config)
+                raw = _reply(pkt, name, decision)
+            except asyncio.CancelledError:
+                self.cache.abandon(key, pkt.authenticator)
+                raise
+            except Exception:
+                raw = _reject_failed_closed(pkt, name)
         finally:
             self.in_flight -= 1
         if raw is None:
             self.cache.abandon(key, pkt.authenticator)
             return
         self.cache.answered(key, pkt.authenticator, raw)
-        self._send(endpoint, raw, addr)
-
-    async def _decide(self, pkt: pk.Request, attributes: Attributes, client: _Client,
-                      addr: Any, request_id: str) -> bytes | None:
-        """The fail-closed boundary: any unexpected exception becomes an Access-Reject."""
-        name = client.config.name
-        try:
-            request = self._request(pkt, attributes, client, addr, request_id)
-            if isinstance(request, Decision):
-                decision = request
-                log.info("auth", outcome="reject", reason=decision.reason, client=name)
-            else:
-                decision = await self.pipeline.handle(request, client.config)
-            METRICS.count_request(name, decision.outcome, decision.reason)
-            if decision.outcome == "drop":
-                return None
-            if decision.outcome == "reject":
-                return pk.build_reply(pkt, pk.ACCESS_REJECT)
-            return pk.build_reply(pkt, _CODES.get(decision.outcome, pk.ACCESS_REJECT),
-                                  decision.attributes)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("request_failed_closed")
-            METRICS.count_request(name, "reject", "internal_error")
-            try:
-                return pk.build_reply(pkt, pk.ACCESS_REJECT)
-            except Exception:
-                log.exception("reject_failed")
-                return None
+        endpoint.sendto(raw, addr)
 
     def _request(self, pkt: pk.Request, attributes: Attributes, client: _Client, addr: Any,
                  request_id: str) -> AuthRequest | Decision:
@@ -333,9 +318,6 @@ class RadiusServer:
             attributes=attributes, state=pkt.first(pk.STATE),
         )
 
-    def _send(self, endpoint: _Endpoint, raw: bytes, addr: Any) -> None:
-        endpoint.sendto(raw, addr)
-
     def _drop(self, reason: pk.DropReason, source: str, **fields: Any) -> None:
         """Silently discard, count, and log at most a few lines a minute per source."""
         METRICS.count_drop(reason.value)
@@ -343,6 +325,31 @@ class RadiusServer:
         if allowed:
             log.warning("packet_dropped", reason=reason.value, source=source,
                         suppressed=suppressed, **fields)
+
+
+def _reply(pkt: pk.Request, client: str, decision: Decision) -> bytes | None:
+    """The signed reply for a decision, counted; None for a drop."""
+    METRICS.count_request(client, decision.outcome, decision.reason)
+    if decision.outcome == "drop":
+        return None
+    if decision.outcome == "reject":
+        return pk.build_reply(pkt, pk.ACCESS_REJECT)
+    return pk.build_reply(pkt, _CODES.get(decision.outcome, pk.ACCESS_REJECT),
+                          decision.attributes)
+
+
+def _reject_failed_closed(pkt: pk.Request, client: str) -> bytes | None:
+    """A bug in deciding: logged with its traceback, counted, answered with a reject.
+
+    Called in the handler of the exception, so `log.exception` sees it.
+    """
+    log.exception("request_failed_closed")
+    METRICS.count_request(client, "reject", "internal_error")
+    try:
+        return pk.build_reply(pkt, pk.ACCESS_REJECT)
+    except Exception:
+        log.exception("reject_failed")
+        return None
 
 
 def _in_flight() -> float:

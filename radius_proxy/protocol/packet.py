@@ -15,7 +15,6 @@ import enum
 import functools
 import hashlib
 import hmac
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,8 +44,6 @@ MESSAGE_AUTHENTICATOR = 80
 
 #: Attributes that may appear at most once in a request (RFC 2865 section 5.44, RFC 3579).
 _AT_MOST_ONCE = frozenset({1, USER_PASSWORD, CHAP_PASSWORD, STATE, MESSAGE_AUTHENTICATOR})
-#: Attributes with a rule of their own in `_check_attribute` (all at most once).
-_CHECKED = _AT_MOST_ONCE
 
 
 class DropReason(enum.Enum):
@@ -73,11 +70,11 @@ def check_structure(data: bytes) -> bytes:
     return _walk(data)[0]
 
 
-def _walk(data: bytes) -> tuple[bytes, list[tuple[int, bytes]], int, set[int]]:
+def _walk(data: bytes) -> tuple[bytes, list[tuple[int, bytes]], int, dict[int, bytes]]:
     """One pass over a packet: (packet without padding, attributes in order, offset of the
-    Message-Authenticator attribute or -1, the attribute types present).
+    Message-Authenticator attribute or -1, the first value of each attribute type present).
 
-    This runs for every datagram, so the per-attribute rules are inlined rather than a call.
+    This runs for every datagram, so the per-attribute rules are inlined rather than calls.
     """
     if len(data) < HEADER_LENGTH:
         raise MalformedPacket(f"{len(data)} octets is shorter than a RADIUS header")
@@ -88,7 +85,7 @@ def _walk(data: bytes) -> tuple[bytes, list[tuple[int, bytes]], int, set[int]]:
         raise MalformedPacket(f"Length field {length} exceeds the {len(data)} octets received")
     if len(data) > length:
         data = data[:length]
-    seen: set[int] = set()
+    firsts: dict[int, bytes] = {}
     attributes: list[tuple[int, bytes]] = []
     ma_offset = -1
     pos = HEADER_LENGTH
@@ -98,23 +95,21 @@ def _walk(data: bytes) -> tuple[bytes, list[tuple[int, bytes]], int, set[int]]:
         kind, alen = data[pos], data[pos + 1]
         if alen < 2 or pos + alen > length:
             raise MalformedPacket(f"attribute {kind} has an invalid length {alen}")
-        if kind in _CHECKED:
-            _check_attribute(kind, alen, seen)
+        value = data[pos + 2:pos + alen]
+        if kind in firsts:
+            if kind in _AT_MOST_ONCE:
+                raise MalformedPacket(f"attribute {kind} appears more than once")
+        else:
             if kind == MESSAGE_AUTHENTICATOR:
+                if alen != 18:
+                    raise MalformedPacket("Message-Authenticator must be 16 octets")
                 ma_offset = pos
-        seen.add(kind)
-        attributes.append((kind, data[pos + 2:pos + alen]))
+            elif kind == USER_PASSWORD and not (18 <= alen <= 130 and (alen - 2) % 16 == 0):
+                raise MalformedPacket("User-Password must be 16 to 128 octets in steps of 16")
+            firsts[kind] = value
+        attributes.append((kind, value))
         pos += alen
-    return data, attributes, ma_offset, seen
-
-
-def _check_attribute(kind: int, alen: int, seen: set[int]) -> None:
-    if kind in seen:
-        raise MalformedPacket(f"attribute {kind} appears more than once")
-    if kind == MESSAGE_AUTHENTICATOR and alen != 18:
-        raise MalformedPacket("Message-Authenticator must be 16 octets")
-    if kind == USER_PASSWORD and not (18 <= alen <= 130 and (alen - 2) % 16 == 0):
-        raise MalformedPacket("User-Password must be 16 to 128 octets in steps of 16")
+    return data, attributes, ma_offset, firsts
 
 
 class Request:
@@ -126,11 +121,11 @@ class Request:
     attribute codecs only when asked for (`decoded_attributes`).
     """
 
-    __slots__ = ("_attributes", "_kinds", "_ma_offset", "authenticator", "code",
+    __slots__ = ("_attributes", "_firsts", "_ma_offset", "authenticator", "code",
                  "dictionary", "id", "raw", "secret")
 
     def __init__(self, data: bytes, secret: bytes, dictionary: Dictionary) -> None:
-        self.raw, self._attributes, self._ma_offset, self._kinds = _walk(data)
+        self.raw, self._attributes, self._ma_offset, self._firsts = _walk(data)
         self.code = self.raw[0]
         self.id = self.raw[1]
         self.authenticator = self.raw[4:HEADER_LENGTH]
@@ -152,20 +147,16 @@ class Request:
 
     def get(self, code: int) -> list[bytes] | None:
         """The raw values of an attribute, in order, or None."""
-        if code not in self._kinds:
+        if code not in self._firsts:
             return None
         return [v for k, v in self._attributes if k == code]
 
     def first(self, code: int) -> bytes | None:
         """The raw value of an attribute's first occurrence, or None."""
-        if code in self._kinds:
-            for kind, value in self._attributes:
-                if kind == code:
-                    return value
-        return None
+        return self._firsts.get(code)
 
     def __contains__(self, code: object) -> bool:
-        return code in self._kinds
+        return code in self._firsts
 
     def __getitem__(self, code: int) -> list[bytes]:
         values = self.get(code)
@@ -245,6 +236,8 @@ def unhide_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes
     octets exactly decrypts here. Block i is XORed with MD5(secret + previous hidden block),
     the first with MD5(secret + Request Authenticator).
     """
+    if len(hidden) == 16:  # most passwords: one block, one MD5
+        return _xor16(hidden, _md5(secret + authenticator).digest()).rstrip(b"\x00")
     out = bytearray()
     vector = authenticator
     for i in range(0, len(hidden), 16):
@@ -334,14 +327,10 @@ class _Decoder:
         return found
 
 
-_DECODERS: weakref.WeakKeyDictionary[Dictionary, _Decoder] = weakref.WeakKeyDictionary()
-
-
+@functools.lru_cache(maxsize=8)
 def _decoder(dictionary: Dictionary) -> _Decoder:
-    found = _DECODERS.get(dictionary)
-    if found is None:
-        found = _DECODERS[dictionary] = _Decoder(dictionary)
-    return found
+    """One decoder per dictionary (a process has one or two: the server's, a reload's)."""
+    return _Decoder(dictionary)
 
 
 def _split_vendor(kind: int, value: bytes) -> list[tuple[Any, bytes]]:
@@ -394,7 +383,7 @@ def build_reply(request: Request, code: int,
     result (RFC 2869 section 5.14, RFC 2865 sections 3 and 5.33).
     """
     body = bytearray(b"\x50\x12" + _ZERO16)
-    if PROXY_STATE in request:
+    if PROXY_STATE in request._firsts:
         for kind, value in request.attributes:
             if kind == PROXY_STATE:
                 body += bytes((PROXY_STATE, len(value) + 2)) + value
@@ -405,7 +394,7 @@ def build_reply(request: Request, code: int,
         raise ValueError(f"the reply would be {length} octets, more than {MAX_PACKET_LENGTH}")
     header = bytes((code, request.id)) + length.to_bytes(2, "big")
     body[2:18] = hmac_md5(request.secret, header + request.authenticator + body)
-    response = _digest(header + request.authenticator + body + request.secret)
+    response: bytes = _md5(header + request.authenticator + body + request.secret).digest()
     return header + response + bytes(body)
 
 
