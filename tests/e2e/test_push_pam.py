@@ -273,3 +273,19 @@ def test_audit_event_of_a_push_login_has_every_field(start_proxy, simulator,
     text = proxy.log()  # JSON at DEBUG level: the most the proxy ever writes
     assert "alicepass" not in text
     assert PROXY_SECRET not in text
+
+
+def test_poll_lines_carry_the_request_id_of_their_login(start_proxy, simulator,
+                                                        tmp_path: Path) -> None:
+    """The poll scheduler's workers poll one push after another in a context of their own;
+    each poll's lines still carry its login's request_id and client, so one login can be
+    followed from the packet to the phone's answer."""
+    simulator.simulator.set_rules(parse_rules(["*=approve:1"]))  # FETCHED at 0.5 s
+    proxy = start_proxy(legacy=True)
+    result = _login(proxy, tmp_path, "alice", "alicepass")
+    assert result.returncode == 0, outcome(result)
+    [event] = audits(proxy, 1)
+    polled = proxy.events("secsign.push.state")  # the poll that saw FETCHED (every 0.1 s)
+    assert polled, proxy.log()
+    assert {(e.get("request_id"), e.get("client")) for e in polled} == \
+        {(event["request_id"], "test")}

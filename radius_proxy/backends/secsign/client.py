@@ -111,12 +111,17 @@ class Dialect(Protocol):
 
 @dataclass(slots=True, eq=False)
 class _Watch:
-    """A waiting push as the poll scheduler holds it; `state` is the last one seen."""
+    """A waiting push as the poll scheduler holds it; `state` is the last one seen.
+
+    `log_keys` are the request's logging context (its request_id and client), which the
+    scheduler's workers do not run in: each poll binds them, so its lines carry them too.
+    """
 
     session: AuthSession
     api: Dialect
     future: asyncio.Future[Reply | _Deadline]
     state: int
+    log_keys: dict[str, Any]
     failures: int = 0
 
     def request(self, server: str) -> HttpRequest:
@@ -280,7 +285,8 @@ class SecSignClient:
             state = SessionState.PENDING if reply.state is None else reply.state
             first = StateReply(state, reply.secsign_id)
             if _still_waiting(session, first):
-                return _Watch(session, api, asyncio.get_running_loop().create_future(), state)
+                return _Watch(session, api, asyncio.get_running_loop().create_future(), state,
+                              structlog.contextvars.get_contextvars())
             return self._conclude(session, first)
         return _failure(asked, reply)
 
@@ -320,10 +326,13 @@ class SecSignClient:
         """One state request for a waiting push (run by the scheduler's workers): schedule
         the next one, or hand the final answer to the push's coroutine.
 
-        The verdict, and its log line, is left to that coroutine: it runs in the request's
-        logging context, a worker does not. MAX_POLL_FAILURES rounds in a row without a
-        usable answer end the wait.
+        The verdict, and its log line, is left to that coroutine. A worker runs in a context
+        of its own, polling one push after another, so each poll replaces the worker's log
+        keys with its request's. MAX_POLL_FAILURES rounds in a row without a usable answer
+        end the wait.
         """
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**watch.log_keys)
         session = watch.session
         _, reply = await self._ask(watch.request, watch.read, idempotent=True,
                                    first=session.server, what="state")
