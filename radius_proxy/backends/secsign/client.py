@@ -433,9 +433,12 @@ class SecSignClient:
         """One exchange, on the loop or on a worker thread (a blocking transport).
 
         A slot is held until the exchange is really done, so at most `max_connections` run,
-        even when a caller gave up waiting. On the loop the transport's own timeout bounds
-        the exchange: a second timer per exchange cost more than the rest of a poll, and a
-        push's deadline still ends its wait on time whatever a transport does.
+        even when a caller gave up waiting. Our transport has the same bound, but its queue
+        counts toward the request's timeout: a burst of starts would then time out in the
+        queue and mark a healthy server down. Here the wait has no deadline. On the loop the
+        transport's own timeout bounds the exchange: a second timer per exchange cost more
+        than the rest of a poll, and a push's deadline still ends its wait on time whatever
+        a transport does.
         """
         if self._aio is not None:
             if self._closed:
