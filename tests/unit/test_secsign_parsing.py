@@ -718,6 +718,23 @@ def test_poll_intervals_are_jittered_within_ten_percent() -> None:
     assert 2.15 < max(intervals) <= 2.2
 
 
+def _cancelled_timers(objects: list[object]) -> int:
+    """Cancelled timer handles among `objects`, with the contexts copied for them alone.
+
+    asyncio keeps a cancelled timer in its heap until it comes due or until cancelled ones
+    are over half of the heap, so whether the start's timeout (cancelled once the start is
+    answered) is still there when counting depends on the loop, not on the push.
+    """
+    import contextvars
+    import gc
+
+    timers = [o for o in objects if isinstance(o, asyncio.TimerHandle) and o.cancelled()]
+    new = {id(o) for o in objects}
+    contexts = {id(r) for t in timers for r in gc.get_referents(t)
+                if isinstance(r, contextvars.Context) and id(r) in new}
+    return len(timers) + len(contexts)
+
+
 def test_a_waiting_push_holds_few_objects() -> None:
     """The wait-at-scale budget: a waiting push is a future and a heap entry, not a task
     with timers (the first version kept about 29 GC-tracked objects per push)."""
@@ -728,15 +745,18 @@ def test_a_waiting_push_holds_few_objects() -> None:
         client = SecSignClient(config(servers=("https://a",), poll_interval_seconds=0.05,
                                       push_timeout_seconds=60.0), transport=fake)
         gc.collect()
-        before = len(gc.get_objects())
+        before = {id(o) for o in gc.get_objects()}
         waiting = [asyncio.create_task(client.push(f"u{i}", "VPN", "vpn")) for i in range(500)]
         await fake.sent("other", 1000)  # everyone has polled at least once
         gc.collect()
-        per_push = (len(gc.get_objects()) - before) / len(waiting)
+        now = gc.get_objects()
+        lingering = _cancelled_timers([o for o in now if id(o) not in before])
+        per_push = (len(now) - len(before) - lingering) / len(waiting)
+        del now
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         await client.close()
         return per_push
 
-    assert asyncio.run(run()) < 16  # 13 measured, 5 of them the caller's own task
+    assert asyncio.run(run()) < 16  # 14 measured, 5 of them the caller's own task
