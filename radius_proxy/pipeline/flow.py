@@ -10,6 +10,7 @@ station while a push is pending joins that push instead of starting another.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,13 @@ RATE_LIMITED = "rate_limited"
 SHARED_OUTCOME_SECONDS = 30.0
 #: Identity found nowhere and no groups: a frozen value, made once.
 _NO_ENTRY = DirectoryEntry("", None, frozenset())
+
+
+@functools.lru_cache(maxsize=64)
+def _plain(outcome: str, reason: str) -> Decision:
+    """A decision without reply attributes, made once: decisions are frozen values, the
+    reasons a fixed vocabulary, and the policy's verdict is needed for every request."""
+    return Decision(outcome, reason)
 
 
 def _shared_result(outcome: str | None) -> PushResult | None:
@@ -165,7 +173,8 @@ class Pipeline:
                 trace.secsign_id = context.secsign_id
                 return await self._answer_challenge(request, client, context, trace)
             request = replace(request, state=context.upstream_state)
-        password, code = self._passcode(request.password)
+        password, code = split_passcode(request.password) if self.config.policy.passcodes \
+            else (request.password, None)
         primary = await self._check_password(request, password, code, trace)
         if primary.outcome is PrimaryOutcome.CHALLENGE:
             return await self._relay_challenge(request, client, primary)
@@ -182,11 +191,6 @@ class Pipeline:
         return await self._second_factor(request, client, primary, entry.secsign_id,
                                          code if primary.reason != "full_password" else None,
                                          trace)
-
-    def _passcode(self, password: bytes) -> tuple[bytes, str | None]:
-        if not self.config.policy.passcodes:
-            return password, None
-        return split_passcode(password)
 
     async def _check_password(self, request: AuthRequest, password: bytes, code: str | None,
                               trace: _Trace) -> PrimaryResult:
@@ -222,8 +226,10 @@ class Pipeline:
 
     def _final(self, verdict: pol.Verdict, primary: PrimaryResult) -> Decision:
         if verdict.action is pol.Action.ACCEPT:
-            return Decision(ACCEPT, verdict.reason, primary.reply_attributes)
-        return Decision(REJECT, verdict.reason)
+            if primary.reply_attributes:
+                return Decision(ACCEPT, verdict.reason, primary.reply_attributes)
+            return _plain(ACCEPT, verdict.reason)
+        return _plain(REJECT, verdict.reason)
 
     async def _second_factor(self, request: AuthRequest, client: ClientConfig,
                              primary: PrimaryResult, secsign_id: str, code: str | None,

@@ -41,7 +41,7 @@ def decide(policy: PolicyConfig, *, groups: frozenset[str], secsign_id: str | No
     """Who may log in, and who needs the second factor (PRODUCT.md section 3, [policy])."""
     if policy.allow_groups and not member(groups, policy.allow_groups):
         return _NOT_ALLOWED
-    if member(groups, policy.bypass_2fa_groups):
+    if policy.bypass_2fa_groups and member(groups, policy.bypass_2fa_groups):
         return _BYPASS
     if policy.require_2fa_groups and not member(groups, policy.require_2fa_groups):
         return _NOT_REQUIRED

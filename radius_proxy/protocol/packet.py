@@ -236,8 +236,10 @@ def unhide_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes
     octets exactly decrypts here. Block i is XORed with MD5(secret + previous hidden block),
     the first with MD5(secret + Request Authenticator).
     """
-    if len(hidden) == 16:  # most passwords: one block, one MD5
-        return _xor16(hidden, _md5(secret + authenticator).digest()).rstrip(b"\x00")
+    if len(hidden) == 16:  # most passwords: one block, one MD5, no call for the XOR
+        pad = _md5(secret + authenticator).digest()
+        plain = int.from_bytes(hidden, "big") ^ int.from_bytes(pad, "big")
+        return plain.to_bytes(16, "big").rstrip(b"\x00")
     out = bytearray()
     vector = authenticator
     for i in range(0, len(hidden), 16):
@@ -279,12 +281,16 @@ def decoded_attributes(pkt: Request) -> dict[str, tuple[Any, ...]]:
     NAS sends the same NAS-Identifier, NAS-IP-Address or User-Name again and again, so each
     attribute's decoding is remembered by its octets (`_Decoder`).
     """
-    decode = _decoder(pkt.dictionary).decode
+    decoder = _decoder(pkt.dictionary)
+    memo = decoder.memo
     out: dict[str, list[Any]] = {}
     for kind, value in pkt.attributes:
         if kind in _SECRET_CODES:
             continue
-        for name, decoded in decode(kind, value):
+        pairs = memo.get((kind, value))
+        if pairs is None:
+            pairs = decoder.decode(kind, value)
+        for name, decoded in pairs:
             seen = out.get(name)
             if seen is None:
                 out[name] = [decoded]
@@ -306,11 +312,12 @@ class _Decoder:
 
     def __init__(self, dictionary: Dictionary) -> None:
         self._dictionary = dictionary
-        self._memo: dict[tuple[int, bytes], tuple[tuple[str, Any], ...]] = {}
+        #: read directly by `decoded_attributes`, which calls `decode` only on a miss
+        self.memo: dict[tuple[int, bytes], tuple[tuple[str, Any], ...]] = {}
 
     def decode(self, kind: int, value: bytes) -> tuple[tuple[str, Any], ...]:
         key = (kind, value)
-        found = self._memo.get(key)
+        found = self.memo.get(key)
         if found is not None:
             return found
         d = self._dictionary
@@ -321,9 +328,9 @@ class _Decoder:
                 pairs.append((name, _decode_value(d.attributes[name], raw, name)))
         found = tuple(pairs)
         if all(type(v) in (str, int, bytes) for _, v in found):
-            if len(self._memo) >= self.LIMIT:
-                self._memo.clear()
-            self._memo[key] = found
+            if len(self.memo) >= self.LIMIT:
+                self.memo.clear()
+            self.memo[key] = found
         return found
 
 
