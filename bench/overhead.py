@@ -67,7 +67,7 @@ from bench.pipeline_throughput import (  # noqa: E402
     verdict,
     write_section,
 )
-from bench.report import run_directory  # noqa: E402
+from bench.report import run_directory, target_table  # noqa: E402
 
 SECTION = "## Overhead"
 TARGET_P99_MS = 5.0
@@ -254,9 +254,7 @@ def render(info: dict[str, str], args: argparse.Namespace, r: dict[str, Any], wh
         "",
         machine_line(info),
         "",
-        "| | measured | target | |",
-        "|---|---|---|---|",
-        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        *target_table(rows),
         "",
         "What the figures say:",
         "",

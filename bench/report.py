@@ -35,6 +35,13 @@ def write_section(path: Path, heading: str, section: str, *, first: bool = False
     path.write_text("".join(lines[:start]) + section + ("\n" + after if after else ""))
 
 
+def target_table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    """The Markdown lines of a section's figures against their targets: (what, measured,
+    target, verdict) per row; run_all.py collects the rows that carry a verdict."""
+    return ["| | measured | target | |", "|---|---|---|---|",
+            *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]]
+
+
 @contextlib.contextmanager
 def run_directory(prefix: str, keep: bool) -> Iterator[Path]:
     """A temporary directory for one run's configs and logs: removed after a run that
