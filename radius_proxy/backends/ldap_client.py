@@ -11,7 +11,7 @@ Failure is total and clean: a message over `max_message_size`, bytes the codec r
 response of the wrong kind, a notice of disconnection (section 4.4.1), an operation without
 an answer within the timeout, or a lost connection each end the connection and fail every
 pending operation with `LdapConnectionError`. A hostile server can make us hold at most one
-message and `max_entries` entries per search.
+message and `max_entries` entries and references together per search.
 """
 
 from __future__ import annotations
@@ -318,12 +318,15 @@ class LdapConnection(asyncio.Protocol):
             del self._pending[message.message_id]
             if not pending.future.done():
                 pending.future.set_result(message)
-        elif isinstance(op, SearchResultEntry) and pending.final is SearchResultDone:
-            pending.entries.append(op)
-            if len(pending.entries) > self._max_entries:
-                self._fail(LdapConnectionError(f"{self.address.url} sent too many entries"))
-        elif isinstance(op, SearchResultReference) and pending.final is SearchResultDone:
-            pending.references.append(op)
+        elif isinstance(op, SearchResultEntry | SearchResultReference) and \
+                pending.final is SearchResultDone:
+            if isinstance(op, SearchResultEntry):
+                pending.entries.append(op)
+            else:
+                pending.references.append(op)
+            if len(pending.entries) + len(pending.references) > self._max_entries:
+                self._fail(LdapConnectionError(f"{self.address.url} sent more than "
+                                               f"{self._max_entries} entries and references"))
         else:
             self._fail(LdapConnectionError(f"{self.address.url} answered with "
                                            f"{type(op).__name__}"))

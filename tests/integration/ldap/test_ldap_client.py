@@ -31,8 +31,10 @@ from radius_proxy.backends.ldap_ber import (
     LdapResult,
     SearchRequest,
     SearchResultEntry,
+    SearchResultReference,
 )
 from radius_proxy.backends.ldap_client import (
+    MAX_ENTRIES,
     LdapConnection,
     LdapConnectionError,
     LdapTimeout,
@@ -149,6 +151,12 @@ def silence(message_id: int, _: SearchRequest) -> list[bytes]:
     return []
 
 
+def endless_references(message_id: int, _: SearchRequest) -> list[bytes]:
+    """More continuation references than a search may hold, and no SearchResultDone."""
+    reference = wire(message_id, SearchResultReference(("ldap://elsewhere/dc=x",)))
+    return [reference] * (MAX_ENTRIES + 1)
+
+
 @pytest.mark.parametrize(("script", "error"), [
     (garbage, "protocol error"),
     (close_mid_search, "closed the connection|lost"),
@@ -156,6 +164,7 @@ def silence(message_id: int, _: SearchRequest) -> list[bytes]:
     (notice_of_disconnection, "notice of disconnection"),
     (wrong_kind, "answered with BindResponse"),
     (silence, "no answer"),
+    (endless_references, "more than .* entries and references"),
 ])
 def test_misbehaving_server_fails_every_pending_search(
         script: Callable[[int, SearchRequest], list[bytes]], error: str) -> None:
