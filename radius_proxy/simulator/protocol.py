@@ -21,9 +21,8 @@ import json
 import re
 import secrets
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl
 
-from radius_proxy.simulator.httpserver import Request, Response, first_values
+from radius_proxy.simulator.httpserver import Request, Response, parse_form
 from radius_proxy.simulator.icon import ACCESS_ICON_PNG_BASE64
 from radius_proxy.simulator.rules import FROZEN_ID, UNKNOWN_ID, Refusal, normalize_secsignid
 from radius_proxy.simulator.sessions import AuthSessionState, SessionInfo, Simulator
@@ -90,7 +89,7 @@ def legacy_error(error: int, message: str, errorcode: int | None = None) -> Resp
 
 def handle_legacy(sim: Simulator, request: Request) -> Response:
     """``POST /``: one of the four request types of section 2."""
-    form = first_values(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+    form = parse_form(request.body.decode("utf-8", "replace"))
     kind = LEGACY_KINDS.get(form.get("request", "").strip())
     if kind is None:
         return legacy_error(500, "Unknown or missing request type.")
