@@ -1,10 +1,12 @@
 """Running a request's coroutine without a Task until it first has to wait.
 
-Most Access-Requests never wait for anything: with a local password check, a users file, a
-remembered login or a policy that needs no second factor, the whole answer is computed in
-one go. Python 3.11 has no eager task factory, and a Task per request plus an
-`asyncio.timeout` around the pipeline cost about 16 us per request: more than the packet
-checks and the signed reply together (docs/performance.md, "Core throughput"). So:
+Many Access-Requests never wait for anything: with no primary check of our own (primary
+`none`), a remembered login, or ports that answer from memory and a policy that needs no
+second factor, the whole answer is computed in one go (a users-file password check waits on
+its hashing thread, so it does get a Task). Python 3.11 has no eager task factory, and a
+Task per request plus an `asyncio.timeout` around the pipeline cost about 16 us per request:
+more than the packet checks and the signed reply together (docs/performance.md, "Core
+throughput"). So:
 
 - `start` steps the coroutine once, by hand, in the request's own contextvars context. If it
   finishes, no Task is made. If it suspends (an LDAP bind, a push), a Task takes over from

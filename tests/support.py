@@ -36,20 +36,14 @@ def require_binary(name: str, *extra_dirs: str) -> str:
                                                      "/usr/sbin", "/sbin"]))
     if found:
         return found
-    message = f"{name} is not installed (see .ci/run for the Debian packages)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{name} is not installed (see .ci/run for the Debian packages)")
 
 
 def require_file(path: str) -> str:
     """Like require_binary, for a file such as a PAM module."""
     if os.path.exists(path):
         return path
-    message = f"{path} is missing (see .ci/run for the Debian packages)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{path} is missing (see .ci/run for the Debian packages)")
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:

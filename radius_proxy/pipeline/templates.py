@@ -25,11 +25,6 @@ class _Values(dict[str, str]):
         return ""
 
 
-def fill_template(template: str, attributes: Attributes, extra: Mapping[str, str]) -> str:
-    """The template with every placeholder replaced; never raises for a missing name."""
-    return fill_templates((template,), attributes, extra)[0]
-
-
 def fill_templates(templates: Sequence[str], attributes: Attributes,
                    extra: Mapping[str, str]) -> tuple[str, ...]:
     """Several templates of one request (a push has two), its values gathered once."""

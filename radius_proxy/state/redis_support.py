@@ -59,7 +59,7 @@ class KeySpace:
         return f"{escaped}push:*"
 
     def digest_of_channel(self, channel: bytes | str) -> str | None:
-        name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+        name = text(channel)
         head = f"{self.prefix}push:"
         return name[len(head):] if name.startswith(head) else None
 
@@ -158,10 +158,10 @@ def connection_options(config: Any) -> dict[str, Any]:
 def sentinel_addresses(sentinels: tuple[str, ...] | list[str]) -> list[tuple[str, int]]:
     """ "host:port" (port default 26379, "[v6]:port" allowed) -> (host, port)."""
     out = []
-    for text in sentinels:
-        host, sep, port = text.rpartition(":")
+    for entry in sentinels:
+        host, sep, port = entry.rpartition(":")
         if not sep or ("]" not in host and ":" in host):
-            host, port = text, "26379"
+            host, port = entry, "26379"
         out.append((host.strip("[]"), int(port)))
     return out
 

@@ -74,16 +74,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of this test's own, free to be stopped, paused and started again."""
-    server = RedisServer(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 # --- challenge contexts, remembered logins, counters ------------------------------------------
 
 def test_a_challenge_is_taken_once_on_any_instance(redis_server: RedisServer) -> None:
@@ -325,15 +315,15 @@ async def every_operation(store: RedisStore) -> None:
             await call()
 
 
-def test_redis_stopped_fails_closed_fast_and_recovers(own_redis: RedisServer) -> None:
-    config = state_config(own_redis.url, timeout_seconds=0.5)
+def test_redis_stopped_fails_closed_fast_and_recovers(redis: RedisServer) -> None:
+    config = state_config(redis.url, timeout_seconds=0.5)
 
     async def scenario() -> None:
         async with opened(config, config) as (a, b):
             assert await a.probe()
             await a.remember(LOGIN, 60)
             assert await b.count_push("alice", 60) == 1
-            own_redis.stop()
+            redis.stop()
             with capture_logs() as logs:
                 t0 = time.monotonic()
                 await every_operation(a)
@@ -344,7 +334,7 @@ def test_redis_stopped_fails_closed_fast_and_recovers(own_redis: RedisServer) ->
             [line] = [e for e in logs if e["event"] == "state_unavailable"]  # rate limited
             assert line["log_level"] == "warning"
             assert line["action"] == "reject"
-            own_redis.start()  # empty: no persistence, as after a crash
+            redis.start()  # empty: no persistence, as after a crash
             with capture_logs() as logs:
                 assert await a.probe()
             assert a.available
@@ -360,13 +350,13 @@ def test_redis_stopped_fails_closed_fast_and_recovers(own_redis: RedisServer) ->
     asyncio.run(scenario())
 
 
-def test_a_redis_that_does_not_answer_times_out(own_redis: RedisServer) -> None:
-    config = state_config(own_redis.url, timeout_seconds=0.3)
+def test_a_redis_that_does_not_answer_times_out(redis: RedisServer) -> None:
+    config = state_config(redis.url, timeout_seconds=0.3)
 
     async def scenario() -> None:
         async with opened(config) as (a,):
             assert await a.claim_push(LOGIN, 60)
-            own_redis.pause()
+            redis.pause()
             try:
                 t0 = time.monotonic()
                 with pytest.raises(StateUnavailable):
@@ -377,37 +367,37 @@ def test_a_redis_that_does_not_answer_times_out(own_redis: RedisServer) -> None:
                     await a.wait_push(LOGIN, 30)
                 assert time.monotonic() - t0 < 2 * 3 * 0.3 + 0.3
             finally:
-                own_redis.resume()
+                redis.resume()
             assert await eventually(a.probe)
 
     asyncio.run(scenario())
 
 
-def test_a_waiter_hears_the_outcome_across_a_restart(own_redis: RedisServer) -> None:
+def test_a_waiter_hears_the_outcome_across_a_restart(redis: RedisServer) -> None:
     """The listener reconnects and re-reads outcomes it may have missed."""
-    config = state_config(own_redis.url, timeout_seconds=0.5)
+    config = state_config(redis.url, timeout_seconds=0.5)
 
     async def scenario() -> None:
         async with opened(config, config) as (a, b):
             assert await a.claim_push(LOGIN, 60)
             waiting = asyncio.create_task(b.wait_push(LOGIN, 15))
             await asyncio.sleep(0.3)
-            own_redis.stop()
+            redis.stop()
             await asyncio.sleep(0.5)
-            own_redis.start()
+            redis.start()
             await eventually(lambda: a.finish_push(LOGIN, "approved", 30))
             assert await asyncio.wait_for(waiting, 5) == "approved"
 
     asyncio.run(scenario())
 
 
-def test_memory_fallback_keeps_logins_working(own_redis: RedisServer) -> None:
-    config = state_config(own_redis.url, timeout_seconds=0.5, unavailable="memory")
+def test_memory_fallback_keeps_logins_working(redis: RedisServer) -> None:
+    config = state_config(redis.url, timeout_seconds=0.5, unavailable="memory")
     context = ChallengeContext("secsign", "t", "alice", "alice.test")
 
     async def scenario() -> None:
         async with opened(config) as (a,):
-            own_redis.stop()
+            redis.stop()
             with capture_logs() as logs:
                 await a.put_challenge(b"\x66" * 16, context, 30)
                 assert await a.take_challenge(b"\x66" * 16) == context
@@ -418,9 +408,9 @@ def test_memory_fallback_keeps_logins_working(own_redis: RedisServer) -> None:
                 await a.finish_push(LOGIN, "approved", 30)
             assert logs[0]["event"] == "state_unavailable"
             assert logs[0]["action"] == "memory"
-            own_redis.start()
+            redis.start()
             await a.put_challenge(b"\x77" * 16, context, 30)  # back in Redis
-            assert own_redis.cli("KEYS", f"{config.key_prefix}challenge:*").strip()
+            assert redis.cli("KEYS", f"{config.key_prefix}challenge:*").strip()
             assert await a.is_remembered(LOGIN)  # remembered during the outage, still honoured
 
     asyncio.run(scenario())
@@ -459,10 +449,10 @@ ACL = ("~radius-proxy:* &radius-proxy:push:* -@all +get +set +getdel +exists +mg
        "+zadd +zcard +zremrangebyrank +pexpire")
 
 
-def test_the_documented_acl_user_is_enough(own_redis: RedisServer) -> None:
-    own_redis.cli("ACL", "SETUSER", "radius-proxy", "reset", "on", ">acl-pass-5c2e",
+def test_the_documented_acl_user_is_enough(redis: RedisServer) -> None:
+    redis.cli("ACL", "SETUSER", "radius-proxy", "reset", "on", ">acl-pass-5c2e",
                   *ACL.split())
-    config = state_config(own_redis.url, "radius-proxy:", redis_username="radius-proxy",
+    config = state_config(redis.url, "radius-proxy:", redis_username="radius-proxy",
                           redis_password=Secret("acl-pass-5c2e"))
 
     async def scenario() -> None:
@@ -479,14 +469,14 @@ def test_the_documented_acl_user_is_enough(own_redis: RedisServer) -> None:
             await a.finish_push(LOGIN, "approved", 30)
             assert await waiting == "approved"
             assert await a.probe()
-        other = state_config(own_redis.url, "other:", redis_username="radius-proxy",
+        other = state_config(redis.url, "other:", redis_username="radius-proxy",
                              redis_password=Secret("acl-pass-5c2e"), timeout_seconds=0.5)
         async with opened(other) as (c,):
             with pytest.raises(StateUnavailable):  # NOPERM: keys outside the prefix
                 await c.remember(LOGIN, 30)
 
     asyncio.run(scenario())
-    denied = own_redis.cli("ACL", "LOG").split()
+    denied = redis.cli("ACL", "LOG").split()
     assert "other:remember:" in " ".join(denied)
     assert "radius-proxy:" not in " ".join(denied)
 

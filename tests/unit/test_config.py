@@ -440,7 +440,7 @@ def test_good_template(template: str) -> None:
 
 @pytest.mark.parametrize("template", ["{nas_identifier!z}", "{nas_identifier:{x}"])
 def test_template_that_cannot_be_filled_is_refused(template: str) -> None:
-    # regression: passed the name check, then always failed in fill_template at run time
+    # regression: passed the name check, then always failed in fill_templates at run time
     one_problem(cfg(clients=[client(service_name=template)]), "clients[0].service_name", "")
 
 

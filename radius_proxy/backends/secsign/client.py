@@ -159,7 +159,9 @@ class SecSignClient:
         else:
             self._transport = transport  # type: ignore[assignment]
         self._timeout = config.request_timeout_seconds
-        self._executor = ThreadPoolExecutor(config.max_connections, thread_name_prefix="secsign")
+        # threads only for a blocking transport; an async one runs on the loop
+        self._executor = None if self._transport is None else \
+            ThreadPoolExecutor(config.max_connections, thread_name_prefix="secsign")
         self._slots = asyncio.Semaphore(config.max_connections)
         self._down_until: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -248,7 +250,8 @@ class SecSignClient:
             await asyncio.gather(*late, return_exceptions=True)
         self._closed = True
         await self._polls.close(_closed)
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         if self._owned is not None:
             await self._owned.close()
 
@@ -446,6 +449,7 @@ class SecSignClient:
             async with self._slots:
                 return await self._aio(request, self._timeout)
         assert self._transport is not None
+        assert self._executor is not None
         loop = asyncio.get_running_loop()
         await self._slots.acquire()
         try:
