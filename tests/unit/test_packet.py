@@ -456,3 +456,12 @@ def test_reply_is_valid_for_the_request_with_pyrad_client_checks() -> None:
     reply = reply_for(data, pk.ACCESS_ACCEPT, [("Class", b"cls")])
     assert pkt.VerifyReply(rp.AuthPacket(packet=reply, secret=SECRET, dict=DICT), reply,
                            enforce_ma=True)
+
+
+@pytest.mark.parametrize("secret_length", [0, 1, 16, 63, 64, 65, 128, 300])
+def test_hmac_md5_is_rfc_2104_for_any_secret_length(secret_length: int) -> None:
+    """Our HMAC starts from cached key-pad states; a secret over 64 octets is hashed first."""
+    secret = bytes(range(256)) * 2
+    secret = secret[:secret_length]
+    data = b"Access-Request octets" * 5
+    assert pk.hmac_md5(secret, data) == hmac.digest(secret, data, "md5")
