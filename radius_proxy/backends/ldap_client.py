@@ -41,17 +41,14 @@ from radius_proxy.backends.ldap_ber import (
     encode_message,
     message_length,
 )
-from radius_proxy.backends.ldap_tlv import (
-    LdapCodecError,
-)
+from radius_proxy.backends.ldap_tlv import MAX_INT, LdapCodecError
 from radius_proxy.eager import Deadline
 from radius_proxy.errors import BackendError
 
 #: No message we expect comes near this; a bigger one is a hostile or broken server.
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-#: Entries one search may return before the connection is given up.
+#: Entries and references one search may return before the connection is given up.
 MAX_ENTRIES = 10_000
-_MAX_MESSAGE_ID = 2**31 - 1
 
 
 class LdapConnectionError(BackendError):
@@ -303,7 +300,7 @@ class LdapConnection(asyncio.Protocol):
 
     def _take_id(self) -> int:
         message_id = self._next_id
-        self._next_id = message_id % _MAX_MESSAGE_ID + 1
+        self._next_id = message_id % MAX_INT + 1  # message IDs are 1..maxInt (RFC 4511)
         return message_id
 
     def _dispatch(self, message: LdapMessage) -> None:

@@ -282,13 +282,7 @@ def escape_filter_value(value: str) -> str:
     """
     if value.isascii() and value.isalnum():
         return value  # the common case: a plain login name
-    out: list[str] = []
-    for byte in value.encode("utf-8"):
-        if byte in _SPECIAL or byte < 0x20 or byte >= 0x7F:
-            out.append(f"\\{byte:02x}")
-        else:
-            out.append(chr(byte))
-    return "".join(out)
+    return _escape_bytes(value.encode("utf-8"))
 
 
 def compile_filter(text: str) -> Filter:
