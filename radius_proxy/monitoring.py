@@ -26,7 +26,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from radius_proxy.config_loader import parse_hostport
 from radius_proxy.metrics import METRICS, Metrics
@@ -37,6 +37,8 @@ log = structlog.get_logger(__name__)
 Probe = Callable[[], Awaitable[bool]]
 
 #: Seconds between two probe rounds, and the bound of one probe.
+#: What the HTTP endpoint serves, in one proxy and in the supervisor of `server.workers`.
+PATHS = ("/metrics", "/healthz", "/readyz")
 PROBE_INTERVAL_SECONDS = 5.0
 PROBE_TIMEOUT_SECONDS = 10.0
 #: The `server` label of the whole-backend series this module sets.
@@ -116,8 +118,7 @@ class Monitor:
         """Listen, and start probing (the first round at once)."""
         await self._http.start(self._host, self._port)
         self._task = asyncio.create_task(self._probe_forever(), name="monitor-probes")
-        log.info("http_listening", address=f"{self._host}:{self.port}",
-                 paths=["/metrics", "/healthz", "/readyz"])
+        log.info("http_listening", address=f"{self._host}:{self.port}", paths=list(PATHS))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -174,16 +175,8 @@ class Monitor:
     # -- HTTP ------------------------------------------------------------------------------
 
     def _handle(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, b"only GET and HEAD\n", headers=(("Allow", "GET, HEAD"),))
-        if request.path == "/metrics":
-            return Response(200, generate_latest(self._metrics.registry),
-                            content_type=CONTENT_TYPE_LATEST)
-        if request.path == "/healthz":
-            return Response(200, b"ok\n")
-        if request.path == "/readyz":
-            return self._readyz()
-        return Response(404, b"not found: try /metrics, /healthz or /readyz\n")
+        return route(request, self._metrics.registry, lambda: Response(200, b"ok\n"),
+                     self._readyz)
 
     def _readyz(self) -> Response:
         backends = self.ready()
@@ -197,3 +190,18 @@ class Monitor:
                 body["detail"] = "the first check has not finished yet"
         return Response(200 if ready else 503, (json.dumps(body) + "\n").encode(),
                         content_type="application/json")
+
+
+def route(request: Request, registry: CollectorRegistry, healthz: Callable[[], Response],
+          readyz: Callable[[], Response]) -> Response:
+    """The endpoint's paths (`PATHS`), GET and HEAD only; the two health answers are the
+    caller's, since one proxy and a supervisor of workers know health differently."""
+    if request.method not in ("GET", "HEAD"):
+        return Response(405, b"only GET and HEAD\n", headers=(("Allow", "GET, HEAD"),))
+    if request.path == "/metrics":
+        return Response(200, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    if request.path == "/healthz":
+        return healthz()
+    if request.path == "/readyz":
+        return readyz()
+    return Response(404, b"not found: try /metrics, /healthz or /readyz\n")

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from radius_proxy.config_loader import parse_hostport
+from radius_proxy.monitoring import PATHS, route
 from radius_proxy.simulator.httpserver import HttpServer, Request, Response
 from radius_proxy.workers.status import read_status
 
@@ -49,23 +50,13 @@ class SupervisorEndpoint:
 
     async def start(self) -> None:
         await self._http.start(self._host, self._port)
-        log.info("http_listening", address=f"{self._host}:{self._http.port}",
-                 paths=["/metrics", "/healthz", "/readyz"])
+        log.info("http_listening", address=f"{self._host}:{self._http.port}", paths=list(PATHS))
 
     async def close(self) -> None:
         await self._http.close()
 
     def _handle(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, b"only GET and HEAD\n", headers=(("Allow", "GET, HEAD"),))
-        if request.path == "/metrics":
-            return Response(200, generate_latest(self._registry),
-                            content_type=CONTENT_TYPE_LATEST)
-        if request.path == "/healthz":
-            return self._healthz()
-        if request.path == "/readyz":
-            return self._readyz()
-        return Response(404, b"not found: try /metrics, /healthz or /readyz\n")
+        return route(request, self._registry, self._healthz, self._readyz)
 
     def _healthz(self) -> Response:
         down = [w.index for w in self._workers() if w.pid is None]
