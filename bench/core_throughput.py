@@ -46,7 +46,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -61,6 +60,7 @@ sys.path.insert(0, str(REPO))
 from bench import report as perf_doc  # noqa: E402
 from bench.loadgen import AccessRequestFactory, LoadResult, percentile, run_load  # noqa: E402
 from tests.servers.freeradius import RADIUSD_GLOBALS, RADIUSD_LIMITS  # noqa: E402
+from tests.servers.redis import RedisServer  # noqa: E402
 
 SECTION = "## Core throughput (issue: foundation)"
 SECRET = "bench-core-secret-0123456789"  # loopback only, throwaway
@@ -152,7 +152,6 @@ class Server:
     port: int
     log: Path
     proc: subprocess.Popen[bytes] | None = None
-    extra: dict[str, str] = field(default_factory=dict)
     tree: bool = False
     workers: int = 0  # radius-proxy's server.workers; 0 for other servers
 
@@ -198,10 +197,6 @@ class Server:
 
     def cpu_by_pid(self) -> dict[int, float]:
         return {p: process_cpu(p) for p in self.pids()}
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the server: the process, or with `tree` it and its children."""
-        return sum(self.cpu_by_pid().values())
 
     def socket_drops(self) -> int:
         """Datagrams the kernel dropped at this server's sockets (/proc/net/udp, "drops");
@@ -288,56 +283,8 @@ def start_proxy(work: Path, workers: int = 1, redis_port: int | None = None) -> 
     return server
 
 
-@dataclass
-class Redis:
-    """A private redis-server (no persistence) on a free loopback port, stopped by PID."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def _redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def start_redis(work: Path) -> Redis:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server); "
-                           "server.workers > 1 need it")
-    port = free_tcp_port()
-    redis = Redis(subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
-         "no", "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
-    deadline = time.monotonic() + 10
-    while not _redis_ping(port):
-        if redis.proc.poll() is not None or time.monotonic() > deadline:
-            redis.stop()
-            raise RuntimeError("redis-server did not come up")
-        time.sleep(0.05)
-    return redis
-
-
-# test-servers.md section 1, cut down to one virtual server; no per-request auth logging,
-# recv_buff as in section 8; M-A required in requests and added to every reply.
+# tests/servers/freeradius.py's config, cut down to one virtual server (recv_buff as there);
+# no per-request auth logging; M-A required in requests and added to every reply.
 RADIUSD_CONF = RADIUSD_GLOBALS + """\
 log {{
 	destination = files
@@ -484,12 +431,13 @@ class Round:
 
 def measure(server: Server, factory: AccessRequestFactory, *, seconds: float, warmup: float,
             generators: int, window: int, max_rate: float = MAX_RATE,
-            redis: Redis | None = None) -> Round:
+            redis: RedisServer | None = None) -> Round:
     marks: dict[str, Any] = {}
+    redis_pid = redis.process.pid if redis is not None and redis.process is not None else None
 
     def mark(edge: str) -> None:
         marks[edge] = (server.cpu_by_pid(), busy_jiffies(), server.socket_drops(),
-                       process_cpu(redis.pid) if redis else 0.0)
+                       process_cpu(redis_pid) if redis_pid else 0.0)
 
     load = run_load(("127.0.0.1", server.port), SECRET.encode(), factory, duration=seconds,
                     warmup=warmup, workers=generators, window=window,
@@ -499,7 +447,7 @@ def measure(server: Server, factory: AccessRequestFactory, *, seconds: float, wa
     # a worker that was replaced in the window counts from 0 (its CPU before is lost)
     per = [cpu1[p] - cpu0.get(p, 0.0) for p in cpu1]
     return Round(load, sum(per), (b1 - b0) / max(1, t1 - t0), (i1 - i0) / max(1, t1 - t0),
-                 d1 - d0, per, r1 - r0 if redis else None)
+                 d1 - d0, per, r1 - r0 if redis_pid else None)
 
 
 @dataclass
@@ -790,9 +738,9 @@ def method(info: dict[str, str], args: argparse.Namespace) -> list[str]:
         "supervisor's HTTP listener (only to see the workers ready). The server's CPU is the "
         "supervisor's plus every worker's.",
         "- FreeRADIUS: `freeradius -f` (threaded, pool 5..32), a private minimal config "
-        "(test-servers.md §1, one virtual server), the user in the `users` file with "
-        "`Cleartext-Password` checked by `pap`, Message-Authenticator required in requests "
-        "and added to every reply, no auth logging, `recv_buff = 4194304`.",
+        "(from `tests/servers/freeradius.py`, one virtual server), the user in the `users` "
+        "file with `Cleartext-Password` checked by `pap`, Message-Authenticator required in "
+        "requests and added to every reply, no auth logging, `recv_buff = 4194304`.",
         f"- Load, the same for every server: `bench/loadgen.py`, {args.generators} generator "
         f"processes, each with one non-blocking UDP socket and {args.window} Access-Requests "
         f"in flight ({args.generators * args.window} in all), matched by Identifier. Several "
@@ -937,57 +885,51 @@ def main(argv: list[str] | None = None) -> int:
               "be low and noisy", file=sys.stderr)
     factory = AccessRequestFactory(SECRET.encode(), PASSWORD,
                                    [("User-Name", USER), ("NAS-Identifier", NAS_ID)])
-    work = Path(tempfile.mkdtemp(prefix="bench-core-"))
     servers: list[Server] = []
-    redis: Redis | None = None
+    redis: RedisServer | None = None
     logs: dict[str, str] = {}
-    ok = False
-    try:
-        if any(n > 1 for n in counts):
-            redis = start_redis(work)
-        for n in counts:
-            servers.append(start_proxy(work, n, redis.port if redis else None))
-        servers.append(start_freeradius(work))
-        for s in servers:
-            print(f"{s.name}: pid {' + '.join(map(str, s.pids()))} on :{s.port}", flush=True)
-        idle = {}
-        for s in servers:
-            idle[s.name] = run_load(("127.0.0.1", s.port), SECRET.encode(), factory,
-                                    duration=args.idle_seconds, warmup=0.3, workers=1,
-                                    window=1, max_requests=30_000)
-            print(f"{s.name}: 1 in flight: {idle[s.name].rate:.0f}/s, p50 "
-                  f"{idle[s.name].percentile(0.5):.3f} ms", flush=True)
-        rounds: dict[str, list[Round]] = {s.name: [] for s in servers}
-        cap = {s.name: float(MAX_RATE) for s in servers}  # pool sizes; later rounds adapt
-        for i in range(args.rounds):
+    with perf_doc.run_directory("bench-core-", args.keep) as work:
+        try:
+            if any(n > 1 for n in counts):
+                redis = RedisServer(work / "redis")
+            for n in counts:
+                servers.append(start_proxy(work, n, redis.port if redis else None))
+            servers.append(start_freeradius(work))
             for s in servers:
-                r = measure(s, factory, seconds=args.seconds / args.rounds, warmup=args.warmup,
-                            generators=args.generators, window=args.window,
-                            max_rate=cap[s.name], redis=redis if s.workers > 1 else None)
-                rounds[s.name].append(r)
-                if s.workers <= 1:  # with workers, a generator the kernel gives a worker
-                    # of its own gets several times its share: its pool stays at MAX_RATE
-                    cap[s.name] = min(MAX_RATE, max(5000.0, 3 * r.load.rate))
-                split = (f" ({' + '.join(f'{c / r.load.seconds:.2f}' for c in r.per_process)})"
-                         if len(r.per_process) > 1 else "")
-                print(f"round {i + 1} {s.name}: {r.load.rate:.0f}/s, server CPU "
-                      f"{r.server_cpu / max(1, r.load.answered) * 1e6:.0f} µs/req, "
-                      f"{r.server_cpu / r.load.seconds:.2f} cores{split}, machine "
-                      f"{100 * r.machine_busy:.0f} % busy, p99 "
-                      f"{r.load.percentile(0.99):.2f} ms"
-                      + (", a pool ran out" if r.load.pool_exhausted else ""), flush=True)
-        rss = {s.name: s.rss_mib() for s in servers}
-        ok = True
-    finally:
-        for s in reversed(servers):
-            s.stop()
-        if redis is not None:
-            redis.stop()
-        logs = {s.name: s.log.read_text(errors="replace") for s in servers if s.workers}
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs and configs kept in {work}", file=sys.stderr)
+                print(f"{s.name}: pid {' + '.join(map(str, s.pids()))} on :{s.port}", flush=True)
+            idle = {}
+            for s in servers:
+                idle[s.name] = run_load(("127.0.0.1", s.port), SECRET.encode(), factory,
+                                        duration=args.idle_seconds, warmup=0.3, workers=1,
+                                        window=1, max_requests=30_000)
+                print(f"{s.name}: 1 in flight: {idle[s.name].rate:.0f}/s, p50 "
+                      f"{idle[s.name].percentile(0.5):.3f} ms", flush=True)
+            rounds: dict[str, list[Round]] = {s.name: [] for s in servers}
+            cap = {s.name: float(MAX_RATE) for s in servers}  # pool sizes; later rounds adapt
+            for i in range(args.rounds):
+                for s in servers:
+                    r = measure(s, factory, seconds=args.seconds / args.rounds, warmup=args.warmup,
+                                generators=args.generators, window=args.window,
+                                max_rate=cap[s.name], redis=redis if s.workers > 1 else None)
+                    rounds[s.name].append(r)
+                    if s.workers <= 1:  # with workers, a generator the kernel gives a worker
+                        # of its own gets several times its share: its pool stays at MAX_RATE
+                        cap[s.name] = min(MAX_RATE, max(5000.0, 3 * r.load.rate))
+                    split = (f" ({' + '.join(f'{c / r.load.seconds:.2f}' for c in r.per_process)})"
+                             if len(r.per_process) > 1 else "")
+                    print(f"round {i + 1} {s.name}: {r.load.rate:.0f}/s, server CPU "
+                          f"{r.server_cpu / max(1, r.load.answered) * 1e6:.0f} µs/req, "
+                          f"{r.server_cpu / r.load.seconds:.2f} cores{split}, machine "
+                          f"{100 * r.machine_busy:.0f} % busy, p99 "
+                          f"{r.load.percentile(0.99):.2f} ms"
+                          + (", a pool ran out" if r.load.pool_exhausted else ""), flush=True)
+            rss = {s.name: s.rss_mib() for s in servers}
+        finally:
+            for s in reversed(servers):
+                s.stop()
+            if redis is not None:
+                redis.stop()
+            logs = {s.name: s.log.read_text(errors="replace") for s in servers if s.workers}
 
     nproc = os.cpu_count() or 1
     results = [Summary(s.name, rounds[s.name], idle[s.name], rss[s.name], nproc,

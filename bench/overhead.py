@@ -48,6 +48,8 @@ from bench.core_throughput import (  # noqa: E402
     busy_jiffies,
     free_udp_port,
     machine_busy,
+    process_cpu,
+    verdict,
 )
 from bench.pipeline_throughput import (  # noqa: E402
     BenchSlapd,
@@ -59,15 +61,12 @@ from bench.pipeline_throughput import (  # noqa: E402
     machine_line,
     now_utc,
     pct,
-    proc_cpu,
     proxy_toml,
     start_proxy,
     station_id,
     stop_all,
-    verdict,
-    write_section,
 )
-from bench.report import run_directory, target_table  # noqa: E402
+from bench.report import run_directory, target_table, write_section  # noqa: E402
 
 SECTION = "## Overhead"
 TARGET_P99_MS = 5.0
@@ -181,15 +180,15 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         target = ("127.0.0.1", proxy.port)
         paced(target, factory, rate=args.rate, seconds=args.warmup, first_index=10_000_000)
         sim.request("POST", "/simulator/api/reset", {})
-        cpu0 = {k: proc_cpu(p) for k, p in (("proxy", proxy.pid), ("slapd", ldap.pid),
-                                             ("simulator", sim.pid))}
+        cpu0 = {k: process_cpu(p) for k, p in (("proxy", proxy.pid), ("slapd", ldap.pid),
+                                                ("simulator", sim.pid))}
         busy0 = busy_jiffies()
         run = paced(target, factory, rate=args.rate, seconds=args.seconds)
         busy1 = busy_jiffies()
         r["machine_busy"] = (busy1[0] - busy0[0]) / max(1, busy1[2] - busy0[2])
-        r["cpu"] = {k: proc_cpu(p) - cpu0[k] for k, p in (("proxy", proxy.pid),
-                                                           ("slapd", ldap.pid),
-                                                           ("simulator", sim.pid))}
+        r["cpu"] = {k: process_cpu(p) - cpu0[k] for k, p in (("proxy", proxy.pid),
+                                                              ("slapd", ldap.pid),
+                                                              ("simulator", sim.pid))}
         sim_log = sim.request("GET", "/simulator/api/log", timeout=60)
         proxy.stop()
         r["full"] = joined(run, audit_lines(log_file), sim_log, sim.epoch_offset, ldap.users)

@@ -26,7 +26,7 @@ section "## Full pipeline throughput" of the output file (other sections kept).
 
 This module also holds the harness the other pipeline benchmarks (`wait_at_scale.py`,
 `overhead.py`) share: the simulator process, the slapd with users, the proxy's config, the
-distinct-user request factory, py-spy, and the section writer.
+distinct-user request factory and py-spy.
 """
 
 from __future__ import annotations
@@ -60,13 +60,14 @@ sys.path.insert(0, str(REPO))
 
 from bench import report as perf_doc  # noqa: E402
 from bench.core_throughput import (  # noqa: E402
-    CLK_TCK,
     SECRET,
     Server,
     busy_jiffies,
     free_udp_port,
     machine,
     machine_busy,
+    process_cpu,
+    verdict,
 )
 from bench.loadgen import hide_password, percentile, run_load  # noqa: E402
 
@@ -77,12 +78,6 @@ TARGET_RATE = 500.0  # authentications/s on a 2-core machine (the issue)
 
 
 # --- small process readings ----------------------------------------------------------------
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process (all threads), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def proc_status(pid: int, key: str) -> int:
@@ -103,10 +98,6 @@ def fmt(x: float, digits: int = 0) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:,.{digits}f}".replace(",", " ")
-
-
-def verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -241,9 +232,6 @@ class SimulatorProcess:
     def stats(self) -> dict[str, Any]:
         return dict(self.request("GET", "/bench/stats"))
 
-    def cpu_seconds(self) -> float:
-        return proc_cpu(self.pid)
-
     def stop(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -351,10 +339,10 @@ def ldap_client_costs(ldap: BenchSlapd, n: int = 500) -> list[tuple[str, float, 
         out = []
         for op in (login, lookup):
             await op(0)
-            c0, s0 = cpu(), proc_cpu(ldap.pid)
+            c0, s0 = cpu(), process_cpu(ldap.pid)
             for start in range(0, n, parallel):
                 await asyncio.gather(*(op(i) for i in range(start, start + parallel)))
-            out.append(((cpu() - c0) / n * 1e6, (proc_cpu(ldap.pid) - s0) / n * 1e6))
+            out.append(((cpu() - c0) / n * 1e6, (process_cpu(ldap.pid) - s0) / n * 1e6))
         return out
 
     async def run() -> list[tuple[str, float, float]]:
@@ -610,15 +598,12 @@ class PySpy:
 #: Where a GIL-holding sample's time goes, by the frames on its stack (first match wins).
 CATEGORIES = (
     ("HTTP client (secsign/aio_transport.py, http11.py)",
-     ("aio_transport.py", "secsign/http11.py", "secsign/transport.py", "requests/",
-      "urllib3/", "http/client.py")),
+     ("aio_transport.py", "secsign/http11.py", "secsign/transport.py", "http/client.py")),
     ("LDAP client (backends/ldap_*.py)",
      ("ldap_directory.py", "ldap_client.py", "ldap_ber.py", "ldap_tlv.py", "ldap_filter.py",
       "ldap_pool.py", "ldap_entries.py")),
     ("logging (structlog, log.py)", ("structlog/", "radius_proxy/log.py")),
     ("RADIUS packets (pyrad, protocol/)", ("pyrad/", "radius_proxy/protocol/")),
-    ("thread pools (futures, threading, queue)",
-     ("concurrent/futures/", "threading.py", "queue.py")),
     ("event loop and the rest (asyncio, server.py, pipeline/, secsign/client.py)", ("",)),
 )
 
@@ -685,10 +670,6 @@ def machine_line(info: dict[str, str]) -> str:
             f"{info['loadavg']}: other engineers' tests run on it too).")
 
 
-def write_section(path: Path, heading: str, section: str) -> None:
-    perf_doc.write_section(path, heading, section)
-
-
 def stop_all(servers: Sequence[Any]) -> None:
     """Stop every server started here, last first; one failing does not keep the others up."""
     for server in reversed(servers):
@@ -719,12 +700,12 @@ class Window:
 
     def start(self) -> None:
         self.wall0 = time.time()
-        self.cpu0 = {k: proc_cpu(p) for k, p in self.pids.items()}
+        self.cpu0 = {k: process_cpu(p) for k, p in self.pids.items()}
         self.busy0 = busy_jiffies()
 
     def end(self) -> None:
         self.wall1 = time.time()
-        self.cpu1 = {k: proc_cpu(p) for k, p in self.pids.items()}
+        self.cpu1 = {k: process_cpu(p) for k, p in self.pids.items()}
         self.busy1 = busy_jiffies()
 
     def cpu(self, name: str) -> float:
@@ -775,7 +756,6 @@ def run_pipeline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         result["drops"] = proxy.socket_drops() - drops0
         result["rss"] = {"proxy": proxy.rss_mib(), "slapd": proc_rss_mib(ldap.pid),
                          "simulator": proc_rss_mib(sim.pid)}
-        result["threads"] = proc_status(proxy.pid, "Threads")
         result.update(load=load, win=win, **marks)
         if args.profile_seconds > 0:  # a separate, unmeasured round under the profiler
             print(f"profiling the proxy for {args.profile_seconds:g} s...", flush=True)
@@ -970,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(summary))
     if args.out:
-        write_section(Path(args.out), SECTION, section)
+        perf_doc.write_section(Path(args.out), SECTION, section)
         print(f"wrote section {SECTION!r} of {args.out}")
     return 0
 

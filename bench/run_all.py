@@ -8,15 +8,17 @@ Runs, each in a fresh interpreter with a time bound, in this order:
 - `core_throughput.py`: the proxy's core path, one process and `server.workers = 2`, side
   by side with FreeRADIUS (section "Core throughput"; the issue's target: the proxy's core
   at least half of FreeRADIUS's requests per second, a PASS/FAIL row of its own);
-- `state_store.py`, if present: the Redis state store's cost per login;
+- `state_store.py`: the Redis state store's cost per login ("State store");
 - `pipeline_throughput.py`: LDAP + push, authentications per second ("Full pipeline
   throughput");
 - `wait_at_scale.py`: 10 000 logins waiting on their phones ("The wait at scale");
-- `overhead.py`: the latency the proxy adds at 100 requests/s ("Overhead").
+- `overhead.py`: the latency the proxy adds at 100 requests/s ("Overhead");
+- `upstream_radius.py`: FreeRADIUS through the proxy's `radius` primary against the same
+  FreeRADIUS directly ("Upstream RADIUS relay").
 
 Each script replaces only its own section, so the others stay as they are. At the end the
 PASS/FAIL lines of the file are printed and written to its first section, "Targets at a
-glance". About 7 minutes on a 2-core machine; the
+glance". About 8 minutes on a 2-core machine; the
 benchmarks share the cores with whatever else runs, so the machine's load is printed before
 each one (each section records it too). `--profile` adds a py-spy profile of the proxy
 during the wait's hold (it disturbs the Status-Server figures a little).
@@ -43,6 +45,7 @@ STEPS: tuple[tuple[str, str, list[str], int], ...] = (
     ("pipeline", "pipeline_throughput.py", [], 600),
     ("wait", "wait_at_scale.py", [], 900),
     ("overhead", "overhead.py", [], 600),
+    ("upstream", "upstream_radius.py", [], 600),
 )
 
 
@@ -92,9 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         path = BENCH / script
-        if not path.exists():
-            print(f"== {script}: not present, skipped", flush=True)
-            continue
         more = ["--profile"] if args.profile and name == "wait" else []
         argv_ = [sys.executable, str(path), "--out", args.out, *extra, *more]
         print(f"== {script} (load average {load_average()})", flush=True)

@@ -41,11 +41,9 @@ import math
 import os
 import resource
 import select
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -233,7 +231,8 @@ def steal_jiffies() -> int:
 
 
 def user_sys(server: Server) -> tuple[float, float]:
-    """(utime, stime) of the whole process in seconds: Server.cpu_seconds, split."""
+    """(utime, stime) of the whole process (all threads) in seconds: core_throughput's
+    process_cpu, split."""
     fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
@@ -726,52 +725,46 @@ def main(argv: list[str] | None = None) -> int:
               "be low and noisy", file=sys.stderr)
     factory = AccessRequestFactory(SECRET.encode(), PASSWORD,
                                    [("User-Name", USER), ("NAS-Identifier", NAS_ID)])
-    work = Path(tempfile.mkdtemp(prefix="bench-upstream-"))
     servers: list[Server] = []
-    ok = False
-    try:
-        upstream = start_upstream(work)
-        servers.append(upstream)
-        proxy = start_relay(work, upstream)
-        servers.append(proxy)
-        print(f"FreeRADIUS pid {upstream.pid} on :{upstream.port}, radius-proxy pid "
-              f"{proxy.pid} on :{proxy.port} -> :{upstream.port}", flush=True)
-        sanity = check_paths(upstream, proxy)
-        print(f"checked: {sanity}", flush=True)
-        legs = [Leg(DIRECT, upstream), Leg(PROXIED, proxy)]
-        for _ in range(args.rounds):
-            for leg in legs:
-                w = closed_loop(servers, leg.target, factory,
-                                seconds=args.idle_seconds / args.rounds, warmup=0.3, workers=1,
-                                window=1, max_rate=15_000)
-                leg.idle.append(w)
-                step("1-in", leg, w)
-        for _ in range(args.rounds):
-            for leg in legs:
-                w = paced(servers, leg.target, factory, rate=args.rate,
-                          seconds=args.paced_seconds / args.rounds, warmup=0.5)
-                leg.paced.append(w)
-                step("paced", leg, w)
-        cap = {leg.name: float(MAX_RATE) for leg in legs}  # pool sizes; later rounds adapt
-        for _ in range(args.rounds):
-            for leg in legs:
-                w = closed_loop(servers, leg.target, factory,
-                                seconds=args.seconds / args.rounds, warmup=args.warmup,
-                                workers=args.workers, window=args.window,
-                                max_rate=cap[leg.name])
-                leg.full.append(w)
-                cap[leg.name] = min(MAX_RATE, max(5000.0, 3 * w.load.rate))
-                step("full", leg, w)
-        rss = {s.name: s.rss_mib() for s in servers}
-        ok = True
-    finally:
-        for s in reversed(servers):
-            s.stop()
-        proxy_log = servers[1].log.read_text(errors="replace") if len(servers) > 1 else ""
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs and configs kept in {work}", file=sys.stderr)
+    with perf_doc.run_directory("bench-upstream-", args.keep) as work:
+        try:
+            upstream = start_upstream(work)
+            servers.append(upstream)
+            proxy = start_relay(work, upstream)
+            servers.append(proxy)
+            print(f"FreeRADIUS pid {upstream.pid} on :{upstream.port}, radius-proxy pid "
+                  f"{proxy.pid} on :{proxy.port} -> :{upstream.port}", flush=True)
+            sanity = check_paths(upstream, proxy)
+            print(f"checked: {sanity}", flush=True)
+            legs = [Leg(DIRECT, upstream), Leg(PROXIED, proxy)]
+            for _ in range(args.rounds):
+                for leg in legs:
+                    w = closed_loop(servers, leg.target, factory,
+                                    seconds=args.idle_seconds / args.rounds, warmup=0.3, workers=1,
+                                    window=1, max_rate=15_000)
+                    leg.idle.append(w)
+                    step("1-in", leg, w)
+            for _ in range(args.rounds):
+                for leg in legs:
+                    w = paced(servers, leg.target, factory, rate=args.rate,
+                              seconds=args.paced_seconds / args.rounds, warmup=0.5)
+                    leg.paced.append(w)
+                    step("paced", leg, w)
+            cap = {leg.name: float(MAX_RATE) for leg in legs}  # pool sizes; later rounds adapt
+            for _ in range(args.rounds):
+                for leg in legs:
+                    w = closed_loop(servers, leg.target, factory,
+                                    seconds=args.seconds / args.rounds, warmup=args.warmup,
+                                    workers=args.workers, window=args.window,
+                                    max_rate=cap[leg.name])
+                    leg.full.append(w)
+                    cap[leg.name] = min(MAX_RATE, max(5000.0, 3 * w.load.rate))
+                    step("full", leg, w)
+            rss = {s.name: s.rss_mib() for s in servers}
+        finally:
+            for s in reversed(servers):
+                s.stop()
+            proxy_log = servers[1].log.read_text(errors="replace") if len(servers) > 1 else ""
 
     a, b = legs
     sa, sb = a.summary(rss[upstream.name]), b.summary(rss[proxy.name])
